@@ -1,0 +1,120 @@
+"""Validation of the scope and of the options a runner accepts."""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal, get_args
+
+from ._errors import OptionError
+
+Scope = Literal["process", "thread", "call"]
+SCOPES: Final[tuple[str, ...]] = get_args(Scope)
+
+#: Grace period, in seconds, that ``close()`` gives background tasks by default.
+DEFAULT_SHUTDOWN_TIMEOUT: Final = 5.0
+
+Validator = Callable[[str, object], object]
+
+
+@dataclass(frozen=True)
+class CommonOptions:
+    """The options every backend accepts, validated."""
+
+    timeout: float | None = None
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+    debug: bool = False
+
+
+def _describe(value: object) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def positive_seconds_or_none(name: str, value: object) -> float | None:
+    """Accept ``None`` or a finite number of seconds greater than zero."""
+    if value is None:
+        return None
+    if not _is_real(value) or not math.isfinite(value) or value <= 0:  # type: ignore[arg-type]
+        raise OptionError(
+            f"option {name!r} must be a finite number of seconds greater than 0, "
+            f"or None for no limit; got {_describe(value)}"
+        )
+    return float(value)  # type: ignore[arg-type]
+
+
+def non_negative_seconds(name: str, value: object) -> float:
+    """Accept a finite number of seconds, zero included."""
+    if not _is_real(value) or not math.isfinite(value) or value < 0:  # type: ignore[arg-type]
+        raise OptionError(
+            f"option {name!r} must be a finite number of seconds, 0 or more; got {_describe(value)}"
+        )
+    return float(value)  # type: ignore[arg-type]
+
+
+def boolean(name: str, value: object) -> bool:
+    """Accept ``True`` or ``False`` only (not 0/1 or strings)."""
+    if not isinstance(value, bool):
+        raise OptionError(f"option {name!r} must be True or False; got {_describe(value)}")
+    return value
+
+
+def callable_or_none(name: str, value: object) -> object:
+    """Accept ``None`` or any callable."""
+    if value is not None and not callable(value):
+        raise OptionError(f"option {name!r} must be a callable or None; got {_describe(value)}")
+    return value
+
+
+COMMON_VALIDATORS: Final[Mapping[str, Validator]] = {
+    "timeout": positive_seconds_or_none,
+    "shutdown_timeout": lambda name, value: non_negative_seconds(name, value),
+    "debug": boolean,
+}
+
+
+def did_you_mean(word: str, choices: list[str]) -> str:
+    """A ``" Did you mean 'x'?"`` suffix, or ``""`` when nothing is close."""
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def check_scope(scope: object) -> Scope:
+    """Return *scope* if it names a scope, else raise :class:`OptionError`."""
+    if scope in SCOPES:
+        return scope  # type: ignore[return-value]
+    hint = did_you_mean(scope, list(SCOPES)) if isinstance(scope, str) else ""
+    raise OptionError(
+        f"unknown scope {scope!r}; the scopes are {', '.join(map(repr, SCOPES))}.{hint}"
+    )
+
+
+def parse_options(
+    backend: str,
+    options: Mapping[str, Any],
+    extra: Mapping[str, Validator] | None = None,
+) -> tuple[CommonOptions, dict[str, Any]]:
+    """Validate *options* for *backend*: the common ones and the backend's *extra* ones.
+
+    Returns the common options and a dict of the validated extra ones. Unknown names
+    and bad values raise :class:`OptionError`.
+    """
+    validators = {**COMMON_VALIDATORS, **(extra or {})}
+    common: dict[str, Any] = {}
+    specific: dict[str, Any] = {}
+    for name, value in options.items():
+        validator = validators.get(name)
+        if validator is None:
+            allowed = sorted(validators)
+            raise OptionError(
+                f"unknown option {name!r} for backend {backend!r}; it accepts "
+                f"{', '.join(allowed)}.{did_you_mean(name, allowed)}"
+            )
+        target = common if name in COMMON_VALIDATORS else specific
+        target[name] = validator(name, value)
+    return CommonOptions(**common), specific

@@ -1,0 +1,215 @@
+"""The asyncio backend, and uvloop as asyncio with ``uvloop.new_event_loop`` as the loop
+factory (never the deprecated event-loop policy)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Callable
+from typing import Any
+
+from .._errors import RunnerClosed
+from .._loop_local import LoopState
+from .._options import CommonOptions, Validator, callable_or_none, parse_options
+from .._runner import CANCEL_GRACE, Backend, DrivenLoop, Job, LoopThread, Runner, call_user
+
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+
+
+def _expire(job: Job[Any]) -> None:
+    job.timed_out = True
+    job.handle.cancel()
+
+
+async def _execute(job: Job[Any], jobs: set[Job[Any]] | None) -> None:
+    timer = None
+    if job.timeout is not None:
+        timer = asyncio.get_running_loop().call_later(job.timeout, _expire, job)
+    try:
+        job.result = await call_user(job)
+    except asyncio.CancelledError as exc:
+        job.error = job.cancelled_error(exc) if (job.timed_out or job.cancel_reason) else exc
+    except BaseException as exc:
+        job.error = exc
+    finally:
+        if timer is not None:
+            timer.cancel()
+        job.final_context = contextvars.copy_context()
+        if jobs is not None:
+            jobs.discard(job)
+        job.finish()
+
+
+def _start(loop: asyncio.AbstractEventLoop, job: Job[Any], jobs: set[Job[Any]] | None) -> None:
+    job.handle = job.context.run(loop.create_task, _execute(job, jobs))
+
+
+async def _cancel_and_wait(tasks: set[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=CANCEL_GRACE)
+
+
+async def _finalize(state: LoopState, grace: float, jobs: set[Job[Any]] | None = None) -> None:
+    """Everything a loop owes before it closes, run on the loop itself: let its tasks
+    finish for *grace* seconds, cancel the rest, close loop-locals and async generators."""
+    loop = asyncio.get_running_loop()
+    current = asyncio.current_task()
+    others = {t for t in asyncio.all_tasks(loop) if t is not current}
+    if others and grace > 0:
+        _, others = await asyncio.wait(others, timeout=grace)
+    for job in jobs or ():
+        job.cancel_reason = "closed"
+    await _cancel_and_wait(others)
+    await state.aclose()
+    await loop.shutdown_asyncgens()
+    await loop.shutdown_default_executor()
+
+
+class AsyncioDrivenLoop(DrivenLoop):
+    """A loop driven in the calling thread, one call at a time."""
+
+    def __init__(self, factory: LoopFactory, options: CommonOptions) -> None:
+        super().__init__()
+        self._loop = factory()
+        self._loop.set_debug(options.debug)
+        self._state = LoopState()
+        self._state.attach(self._loop)
+
+    def run_job(self, job: Job[Any]) -> None:
+        loop = self._loop
+        _start(loop, job, None)
+        try:
+            loop.run_until_complete(job.handle)
+        except BaseException:
+            # Interrupted outside the coroutine (a signal handler raised while the loop
+            # was waiting): cancel the coroutine and let it unwind before re-raising.
+            if not job.done:
+                job.cancel_reason = "interrupted"
+                job.handle.cancel()
+                loop.run_until_complete(job.handle)
+            raise
+
+    def close(self) -> None:
+        try:
+            self._loop.run_until_complete(_finalize(self._state, 0))
+        finally:
+            self._state.detach()
+            self._loop.close()
+
+
+class AsyncioLoopThread(LoopThread):
+    """A loop in a daemon thread; calls and background tasks hop to it."""
+
+    def __init__(self, name: str, factory: LoopFactory, options: CommonOptions) -> None:
+        super().__init__(name, options)
+        self._factory = factory
+        self._jobs: set[Job[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Future[float] | None = None
+
+    def serve(self) -> None:
+        loop = self._factory()
+        loop.set_debug(self.options.debug)
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._lifetime())
+        finally:
+            loop.close()
+
+    async def _lifetime(self) -> None:
+        loop = asyncio.get_running_loop()
+        state = LoopState()
+        state.attach(loop)
+        self._stop = loop.create_future()
+        self.ready()
+        grace = await self._stop
+        await _finalize(state, grace, self._jobs)
+
+    def submit(self, job: Job[Any]) -> None:
+        loop = self._loop
+        assert loop is not None
+        if self.in_loop_thread():
+            self._start(job)
+            return
+        try:
+            loop.call_soon_threadsafe(self._start, job)
+        except RuntimeError:  # the loop is closed
+            raise RunnerClosed("the runner's loop has stopped") from None
+
+    def _start(self, job: Job[Any]) -> None:
+        if self.shutting_down and not job.done:
+            job.error = RunnerClosed(f"{job.label} was not started: the runner is closing")
+            job.cancel_reason = "closed"
+            job.finish()
+            return
+        self._jobs.add(job)
+        assert self._loop is not None
+        _start(self._loop, job, self._jobs)
+
+    def cancel(self, job: Job[Any], reason: str) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(self._cancel, job, reason)
+        except RuntimeError:
+            pass  # the loop has already stopped, and every job with it
+
+    @staticmethod
+    def _cancel(job: Job[Any], reason: str) -> None:
+        if not job.done:
+            job.cancel_reason = reason
+            job.handle.cancel()
+
+    def request_shutdown(self, grace: float) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(self._begin_shutdown, grace)
+        except RuntimeError:
+            pass
+
+    def _begin_shutdown(self, grace: float) -> None:
+        assert self._stop is not None
+        if not self._stop.done():
+            self._stop.set_result(grace)
+
+
+class AsyncioBackend(Backend):
+    """asyncio, or another asyncio-compatible loop made by ``loop_factory``."""
+
+    def __init__(self, name: str, factory: LoopFactory) -> None:
+        self.name = name
+        self._factory = factory
+
+    def open_loop(self, options: CommonOptions) -> DrivenLoop:
+        return AsyncioDrivenLoop(self._factory, options)
+
+    def run_fresh(self, job: Job[Any], options: CommonOptions) -> None:
+        loop = AsyncioDrivenLoop(self._factory, options)
+        try:
+            loop.run_job(job)
+        finally:
+            loop.close()
+
+    def loop_thread(self, options: CommonOptions) -> LoopThread:
+        return AsyncioLoopThread(self.name, self._factory, options)
+
+
+_EXTRA_OPTIONS: dict[str, Validator] = {"loop_factory": callable_or_none}
+
+
+def create_asyncio_runner(*, scope: Any, **options: Any) -> Runner:
+    """The ``asyncio`` backend's factory: options ``timeout``, ``shutdown_timeout``,
+    ``debug`` and ``loop_factory`` (a callable returning a new asyncio event loop)."""
+    common, extra = parse_options("asyncio", options, _EXTRA_OPTIONS)
+    factory = extra.get("loop_factory") or asyncio.new_event_loop
+    return Runner(AsyncioBackend("asyncio", factory), scope, common)
+
+
+def create_uvloop_runner(*, scope: Any, **options: Any) -> Runner:
+    """The ``uvloop`` backend's factory: asyncio with ``uvloop.new_event_loop`` as the
+    loop factory; options ``timeout``, ``shutdown_timeout`` and ``debug``."""
+    import uvloop
+
+    common, _ = parse_options("uvloop", options)
+    return Runner(AsyncioBackend("uvloop", uvloop.new_event_loop), scope, common)

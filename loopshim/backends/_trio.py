@@ -1,0 +1,223 @@
+"""The trio backend."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+from typing import Any, Final
+
+import trio
+
+from .._errors import OptionError, RunnerClosed
+from .._loop_local import LoopState
+from .._options import CommonOptions, Validator, parse_options
+from .._runner import CANCEL_GRACE, Backend, DrivenLoop, Job, LoopThread, Runner, call_user
+from . import _trio_driver
+
+_POLL: Final = 0.01
+#: With ``debug=True``, a task step that holds the loop longer than this is logged
+#: (asyncio's debug mode does the same for slow callbacks).
+SLOW_STEP: Final = 0.1
+logger = logging.getLogger("loopshim")
+
+
+class SlowStepLogger(trio.abc.Instrument):
+    """Logs task steps that block the trio loop for longer than :data:`SLOW_STEP`."""
+
+    def __init__(self) -> None:
+        self._started = 0.0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._started = time.perf_counter()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        elapsed = time.perf_counter() - self._started
+        if elapsed > SLOW_STEP:
+            logger.warning("trio task %s blocked the loop for %.3f s", task.name, elapsed)
+
+
+def instruments(options: CommonOptions) -> tuple[trio.abc.Instrument, ...]:
+    """The instruments a run gets for *options*."""
+    return (SlowStepLogger(),) if options.debug else ()
+
+
+async def _execute(job: Job[Any], jobs: set[Job[Any]] | None = None) -> None:
+    try:
+        with trio.CancelScope() as scope:
+            job.handle = scope
+            if job.cancel_reason is not None:  # cancelled before it started
+                scope.cancel()
+            elif job.timeout is not None:
+                scope.deadline = trio.current_time() + job.timeout
+            job.result = await call_user(job)
+        if scope.cancelled_caught:
+            job.error = job.cancelled_error(None)
+    except trio.Cancelled:
+        # Cancelled from outside our own scope: the run itself is shutting down.
+        job.error = RunnerClosed(f"{job.label} was cancelled because its loop stopped")
+    except BaseException as exc:
+        job.error = exc
+    finally:
+        job.final_context = contextvars.copy_context()
+        if jobs is not None:
+            jobs.discard(job)
+        job.finish()
+
+
+class FreshRunLoop(DrivenLoop):
+    """The public-API fallback for ``thread`` scope: a fresh ``trio.run`` per call."""
+
+    def __init__(self, options: CommonOptions) -> None:
+        super().__init__()
+        self._options = options
+
+    def run_job(self, job: Job[Any]) -> None:
+        trio.run(_run_and_close, job, instruments=instruments(self._options))
+
+    def close(self) -> None:
+        pass  # each call's run closed itself
+
+
+async def _run_and_close(job: Job[Any]) -> None:
+    state = LoopState()
+    state.attach(trio.lowlevel.current_trio_token())
+    try:
+        await _execute(job)
+    finally:
+        with trio.CancelScope(shield=True):
+            await state.aclose()
+
+
+class TrioLoopThread(LoopThread):
+    """``trio.run`` in a daemon thread; calls and background tasks enter through its
+    TrioToken."""
+
+    def __init__(self, options: CommonOptions) -> None:
+        super().__init__("trio", options)
+        self._jobs: set[Job[Any]] = set()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stop: trio.Event | None = None
+        self._grace = 0.0
+
+    def serve(self) -> None:
+        trio.run(self._lifetime, instruments=instruments(self.options))
+
+    async def _lifetime(self) -> None:
+        state = LoopState()
+        self._token = trio.lowlevel.current_trio_token()
+        state.attach(self._token)
+        self._stop = trio.Event()
+        self.ready()
+        await self._stop.wait()
+        await self._wait_for_jobs(self._grace)
+        for job in list(self._jobs):
+            self._cancel(job, "closed")
+        await self._wait_for_jobs(CANCEL_GRACE)
+        await state.aclose()
+
+    async def _wait_for_jobs(self, limit: float) -> None:
+        with trio.move_on_after(limit):
+            while self._jobs:
+                await trio.sleep(_POLL)
+
+    def submit(self, job: Job[Any]) -> None:
+        if self.in_loop_thread():
+            self._start(job)
+            return
+        assert self._token is not None
+        try:
+            self._token.run_sync_soon(self._start, job)
+        except trio.RunFinishedError:
+            raise RunnerClosed("the runner's loop has stopped") from None
+
+    def _start(self, job: Job[Any]) -> None:
+        if self._stop is None or self._stop.is_set():
+            job.error = RunnerClosed(f"{job.label} was not started: the runner is closing")
+            job.cancel_reason = "closed"
+            job.finish()
+            return
+        self._jobs.add(job)
+        trio.lowlevel.spawn_system_task(_execute, job, self._jobs, context=job.context)
+
+    def cancel(self, job: Job[Any], reason: str) -> None:
+        assert self._token is not None
+        try:
+            self._token.run_sync_soon(self._cancel, job, reason)
+        except trio.RunFinishedError:
+            pass  # the run is over, and every job with it
+
+    @staticmethod
+    def _cancel(job: Job[Any], reason: str) -> None:
+        if not job.done:
+            job.cancel_reason = reason
+            if job.handle is not None:
+                job.handle.cancel()
+
+    def request_shutdown(self, grace: float) -> None:
+        assert self._token is not None
+        try:
+            self._token.run_sync_soon(self._begin_shutdown, grace)
+        except trio.RunFinishedError:
+            pass
+
+    def _begin_shutdown(self, grace: float) -> None:
+        assert self._stop is not None
+        self._grace = grace
+        self._stop.set()
+
+
+_DRIVERS: Final = ("auto", "internal", "fresh")
+
+
+class TrioBackend(Backend):
+    """trio. ``thread`` scope uses the internal driver when this trio is one it was
+    tested against (``driver="auto"``), else a fresh ``trio.run`` per call."""
+
+    name = "trio"
+
+    def __init__(self, driver: str) -> None:
+        if driver == "internal" and not _trio_driver.supported():
+            first, last = _trio_driver.TESTED_VERSIONS
+            raise OptionError(
+                f"option 'driver': the internal thread-scope driver supports trio "
+                f"{first[0]}.{first[1]} up to (not including) {last[0]}.{last[1]}, and this "
+                f"is trio {trio.__version__}; use driver='auto' or driver='fresh'"
+            )
+        self.driver = "internal" if driver == "auto" and _trio_driver.supported() else driver
+        if self.driver == "auto":
+            self.driver = "fresh"
+
+    def open_loop(self, options: CommonOptions) -> DrivenLoop:
+        if self.driver == "internal":
+            return _trio_driver.TrioDrivenLoop(_execute, instruments(options))
+        return FreshRunLoop(options)
+
+    def run_fresh(self, job: Job[Any], options: CommonOptions) -> None:
+        trio.run(_run_and_close, job, instruments=instruments(options))
+
+    def loop_thread(self, options: CommonOptions) -> LoopThread:
+        return TrioLoopThread(options)
+
+    def describe(self) -> str:
+        return f"thread driver={self.driver}"
+
+
+def _driver_option(name: str, value: object) -> str:
+    if value not in _DRIVERS:
+        raise OptionError(
+            f"option {name!r} must be one of {', '.join(map(repr, _DRIVERS))}; got {value!r}"
+        )
+    return value  # type: ignore[return-value]
+
+
+_EXTRA_OPTIONS: dict[str, Validator] = {"driver": _driver_option}
+
+
+def create_trio_runner(*, scope: Any, **options: Any) -> Runner:
+    """The ``trio`` backend's factory: options ``timeout``, ``shutdown_timeout``,
+    ``debug`` (log task steps that block the loop over 0.1 s) and ``driver``
+    (``"auto"``, ``"internal"`` or ``"fresh"``: how ``thread`` scope runs trio)."""
+    common, extra = parse_options("trio", options, _EXTRA_OPTIONS)
+    return Runner(TrioBackend(extra.get("driver", "auto")), scope, common)
+

@@ -1,0 +1,158 @@
+"""A trio run kept alive in one thread and driven only while a call runs.
+
+This is the one place where loopshim reaches into trio's internals: trio's public API
+has no way to suspend a run in the calling thread between two calls (guest mode with
+that thread as host costs a hop through trio's I/O thread on every call, about ten
+times slower). The pieces used are those guest mode itself is built from:
+``setup_runner``, the ``unrolled_run`` generator and ``GLOBAL_RUN_CONTEXT``.
+:func:`supported` checks the trio version and the shape of those pieces; when it says
+no, the trio backend falls back to a fresh ``trio.run`` per call (public API only).
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import sniffio
+import trio
+
+from .._loop_local import LoopState
+from .._runner import DrivenLoop, Job
+
+#: trio versions this driver was written and tested against: [first, last).
+TESTED_VERSIONS: Final = ((0, 25), (0, 36))
+
+
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def supported() -> bool:
+    """Whether this trio has the internals the driver was written against."""
+    if not (TESTED_VERSIONS[0] <= _version(trio.__version__) < TESTED_VERSIONS[1]):
+        return False
+    try:
+        from trio._core import _run
+    except ImportError:
+        return False
+    if not all(hasattr(_run, n) for n in ("setup_runner", "unrolled_run", "GLOBAL_RUN_CONTEXT")):
+        return False
+    setup = list(inspect.signature(_run.setup_runner).parameters)
+    unrolled = inspect.signature(_run.unrolled_run).parameters
+    return setup == [
+        "clock",
+        "instruments",
+        "restrict_keyboard_interrupt_to_checkpoints",
+        "strict_exception_groups",
+    ] and "host_uses_signal_set_wakeup_fd" in unrolled
+
+
+class TrioDrivenLoop(DrivenLoop):
+    """One trio run per thread, suspended between calls.
+
+    Between calls the thread is not "inside" the run: trio's run context, the
+    async-generator hooks and sniffio's marker are swapped in for the duration of each
+    call only, so ``trio.run`` and other loops keep working in the same thread. trio's
+    SIGINT handler is not installed: Ctrl-C raises ``KeyboardInterrupt`` as usual, and
+    the driver cancels the call and lets it unwind before re-raising.
+    """
+
+    def __init__(
+        self, execute: Callable[[Job[Any]], Any], instruments: Sequence[trio.abc.Instrument]
+    ) -> None:
+        from trio._core import _run
+
+        super().__init__()
+        self._execute = execute
+        self._context = _run.GLOBAL_RUN_CONTEXT
+        self._stop: trio.Event | None = None
+        self._state = LoopState()
+        outer_hooks = sys.get_asyncgen_hooks()
+        try:
+            self._runner = _run.setup_runner(None, instruments, False, True)
+            # Keep Python's own SIGINT behaviour between and during calls.
+            self._runner.ki_manager.close()
+            self._hooks = sys.get_asyncgen_hooks()
+            self._gen = _run.unrolled_run(
+                self._runner, self._main, (), host_uses_signal_set_wakeup_fd=True
+            )
+            self._timeout = self._gen.send(None)  # type: ignore[arg-type]
+            self._drive(lambda: self._stop is not None)
+        finally:
+            self._context.__dict__.pop("runner", None)
+            sys.set_asyncgen_hooks(*outer_hooks)
+
+    async def _main(self) -> None:
+        self._state.attach(trio.lowlevel.current_trio_token())
+        self._stop = trio.Event()
+        await self._stop.wait()
+        await self._state.aclose()
+
+    def _drive(self, done: Callable[[], bool]) -> None:
+        gen = self._gen
+        get_events = self._runner.io_manager.get_events
+        timeout = 0.0
+        while not done():
+            try:
+                timeout = gen.send(get_events(timeout))
+            except StopIteration:
+                return
+
+    def _enter(self) -> tuple[Any, Any, Any]:
+        # The previous run context is kept in case this thread is closing another
+        # thread's loop from inside a run of its own.
+        outer = sys.get_asyncgen_hooks(), sniffio.thread_local.name, self._context.__dict__.copy()
+        self._context.runner = self._runner
+        sys.set_asyncgen_hooks(*self._hooks)
+        sniffio.thread_local.name = "trio"
+        return outer
+
+    def _leave(self, outer: tuple[Any, Any, Any]) -> None:
+        self._context.__dict__.clear()
+        self._context.__dict__.update(outer[2])
+        sys.set_asyncgen_hooks(*outer[0])
+        sniffio.thread_local.name = outer[1]
+
+    def run_job(self, job: Job[Any]) -> None:
+        outer = self._enter()
+        try:
+            trio.lowlevel.spawn_system_task(self._execute, job, context=job.context)
+            self._drive_job(job)
+        finally:
+            self._leave(outer)
+
+    def _drive_job(self, job: Job[Any]) -> None:
+        try:
+            self._drive(lambda: job.done)
+        except trio.TrioInternalError as exc:
+            # An interrupt landed inside trio's scheduler: this run is gone.
+            self.broken = True
+            if isinstance(exc.__cause__, (KeyboardInterrupt, SystemExit)):
+                raise exc.__cause__ from None
+            raise
+        except BaseException:
+            if not job.done:
+                job.cancel_reason = "interrupted"
+                if job.handle is not None:
+                    job.handle.cancel()
+                self._drive(lambda: job.done)
+            raise
+        if not job.done:  # the run ended under us
+            self.broken = True
+            raise RuntimeError("the trio run ended before the call finished")
+
+    def close(self) -> None:
+        outer = self._enter()
+        try:
+            assert self._stop is not None
+            self._stop.set()
+            self._drive(lambda: False)  # until the run finishes
+        finally:
+            self._leave(outer)
