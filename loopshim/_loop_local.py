@@ -34,6 +34,9 @@ class LoopState:
         self._key = key
         _states[key] = self
 
+    def __bool__(self) -> bool:
+        return bool(self._values)
+
     async def aclose(self) -> None:
         """Close the loop-local values, newest first, then forget this loop.
 

@@ -32,29 +32,33 @@ def _describe(value: object) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def positive_seconds_or_none(name: str, value: object) -> float | None:
     """Accept ``None`` or a finite number of seconds greater than zero."""
     if value is None:
         return None
-    if not _is_real(value) or not math.isfinite(value) or value <= 0:  # type: ignore[arg-type]
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not (math.isfinite(value) and value > 0)
+    ):
         raise OptionError(
             f"option {name!r} must be a finite number of seconds greater than 0, "
             f"or None for no limit; got {_describe(value)}"
         )
-    return float(value)  # type: ignore[arg-type]
+    return float(value)
 
 
 def non_negative_seconds(name: str, value: object) -> float:
     """Accept a finite number of seconds, zero included."""
-    if not _is_real(value) or not math.isfinite(value) or value < 0:  # type: ignore[arg-type]
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not (math.isfinite(value) and value >= 0)
+    ):
         raise OptionError(
             f"option {name!r} must be a finite number of seconds, 0 or more; got {_describe(value)}"
         )
-    return float(value)  # type: ignore[arg-type]
+    return float(value)
 
 
 def boolean(name: str, value: object) -> bool:
@@ -73,7 +77,7 @@ def callable_or_none(name: str, value: object) -> object:
 
 COMMON_VALIDATORS: Final[Mapping[str, Validator]] = {
     "timeout": positive_seconds_or_none,
-    "shutdown_timeout": lambda name, value: non_negative_seconds(name, value),
+    "shutdown_timeout": non_negative_seconds,
     "debug": boolean,
 }
 

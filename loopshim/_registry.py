@@ -87,9 +87,7 @@ def register_backend(name: str, factory: BackendFactory, *, replace: bool = Fals
     if not callable(factory):
         raise TypeError(f"register_backend() needs a callable factory, got {factory!r}")
     if not replace and (name in BUILTIN_BACKENDS or name in _registered):
-        raise ValueError(
-            f"backend {name!r} is already defined; pass replace=True to override it"
-        )
+        raise ValueError(f"backend {name!r} is already defined; pass replace=True to override it")
     with _lock:
         _registered[name] = factory
         for key in [k for k in _cache if k[0] == name]:

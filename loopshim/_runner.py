@@ -25,7 +25,16 @@ import weakref
 from asyncio import _get_running_loop
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Generic, ParamSpec, Protocol, TypeVar, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Final,
+    Generic,
+    ParamSpec,
+    Protocol,
+    TypeVar,
+    runtime_checkable,
+)
 
 from ._errors import LoopshimError, ReentrantCallError, RunnerClosed, ScopeError
 from ._options import CommonOptions, Scope
@@ -237,9 +246,9 @@ def check_async_callable(fn: object, where: str) -> None:
     object whose ``__call__`` is one)."""
     if inspect.iscoroutinefunction(fn):
         return
-    if callable(fn) and not inspect.isroutine(fn) and not isinstance(fn, type):
-        if inspect.iscoroutinefunction(type(fn).__call__):
-            return
+    is_instance = callable(fn) and not inspect.isroutine(fn) and not isinstance(fn, type)
+    if is_instance and inspect.iscoroutinefunction(type(fn).__call__):
+        return
     if inspect.iscoroutine(fn):
         name = getattr(fn, "__qualname__", "coroutine")
         fn.close()  # it can never run now; closing avoids a "never awaited" warning
@@ -420,8 +429,13 @@ class Backend(abc.ABC):
 # ------------------------------------------------------------------------ scopes
 
 
-def _new_job(fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any, timeout: float | None,
-             lock: threading.Lock | None) -> Job[Any]:
+def _new_job(
+    fn: Callable[..., Awaitable[Any]],
+    args: Any,
+    kwargs: Any,
+    timeout: float | None,
+    lock: threading.Lock | None,
+) -> Job[Any]:
     return Job(fn, args, kwargs, contextvars.copy_context(), sys.exc_info()[1], timeout, lock)
 
 
@@ -438,12 +452,13 @@ class _Scope(abc.ABC):
         raise ScopeError(
             f"spawn() needs a loop that keeps running after the call returns, and a "
             f"{type(self).scope_name!r}-scope runner has none; use "
-            f"get_runner({self.backend.name!r}, scope=\"process\") for background tasks"
+            f'get_runner({self.backend.name!r}, scope="process") for background tasks'
         )
 
     @abc.abstractmethod
     def close(self, grace: float) -> None: ...
 
+    @abc.abstractmethod
     def after_fork_in_child(self) -> None:
         """Forget loops inherited from the parent process; never touch them."""
 
@@ -627,6 +642,9 @@ class _CallScope(_Scope):
     def close(self, grace: float) -> None:
         self.closed = True
 
+    def after_fork_in_child(self) -> None:
+        pass  # nothing outlives a call
+
 
 _SCOPES: Final[dict[str, type[_Scope]]] = {
     "process": _ProcessScope,
@@ -723,8 +741,10 @@ class Runner:
         """
         from ._options import non_negative_seconds
 
-        grace = self.options.shutdown_timeout if timeout is None else non_negative_seconds(
-            "timeout", timeout
+        grace = (
+            self.options.shutdown_timeout
+            if timeout is None
+            else non_negative_seconds("timeout", timeout)
         )
         self._scope.close(grace)
 
@@ -750,7 +770,8 @@ class Runner:
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         extra = self._scope.backend.describe()
-        return f"<loopshim.Runner {self.name} scope={self.scope} {state}{', ' + extra if extra else ''}>"
+        details = f"scope={self.scope} {state}" + (f", {extra}" if extra else "")
+        return f"<loopshim.Runner {self.name} {details}>"
 
 
 def _close_all_at_exit() -> None:

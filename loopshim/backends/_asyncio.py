@@ -4,6 +4,7 @@ factory (never the deprecated event-loop policy)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 from collections.abc import Callable
 from typing import Any
@@ -139,7 +140,9 @@ class AsyncioLoopThread(LoopThread):
             raise RunnerClosed("the runner's loop has stopped") from None
 
     def _start(self, job: Job[Any]) -> None:
-        if self.shutting_down and not job.done:
+        # Jobs submitted before close() run (and are drained); the loop reads the stop
+        # request in submission order, so only jobs submitted after it are refused.
+        if self._stop is None or self._stop.done():
             job.error = RunnerClosed(f"{job.label} was not started: the runner is closing")
             job.cancel_reason = "closed"
             job.finish()
@@ -150,10 +153,8 @@ class AsyncioLoopThread(LoopThread):
 
     def cancel(self, job: Job[Any], reason: str) -> None:
         assert self._loop is not None
-        try:
+        with contextlib.suppress(RuntimeError):  # a closed loop took its jobs with it
             self._loop.call_soon_threadsafe(self._cancel, job, reason)
-        except RuntimeError:
-            pass  # the loop has already stopped, and every job with it
 
     @staticmethod
     def _cancel(job: Job[Any], reason: str) -> None:
@@ -163,10 +164,8 @@ class AsyncioLoopThread(LoopThread):
 
     def request_shutdown(self, grace: float) -> None:
         assert self._loop is not None
-        try:
+        with contextlib.suppress(RuntimeError):  # already closed
             self._loop.call_soon_threadsafe(self._begin_shutdown, grace)
-        except RuntimeError:
-            pass
 
     def _begin_shutdown(self, grace: float) -> None:
         assert self._stop is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import time
@@ -85,8 +86,11 @@ async def _run_and_close(job: Job[Any]) -> None:
     try:
         await _execute(job)
     finally:
-        with trio.CancelScope(shield=True):
-            await state.aclose()
+        if state:
+            with trio.CancelScope(shield=True):
+                await state.aclose()
+        else:
+            state.detach()
 
 
 class TrioLoopThread(LoopThread):
@@ -142,10 +146,8 @@ class TrioLoopThread(LoopThread):
 
     def cancel(self, job: Job[Any], reason: str) -> None:
         assert self._token is not None
-        try:
+        with contextlib.suppress(trio.RunFinishedError):  # the run took its jobs with it
             self._token.run_sync_soon(self._cancel, job, reason)
-        except trio.RunFinishedError:
-            pass  # the run is over, and every job with it
 
     @staticmethod
     def _cancel(job: Job[Any], reason: str) -> None:
@@ -156,10 +158,8 @@ class TrioLoopThread(LoopThread):
 
     def request_shutdown(self, grace: float) -> None:
         assert self._token is not None
-        try:
+        with contextlib.suppress(trio.RunFinishedError):  # already over
             self._token.run_sync_soon(self._begin_shutdown, grace)
-        except trio.RunFinishedError:
-            pass
 
     def _begin_shutdown(self, grace: float) -> None:
         assert self._stop is not None
@@ -208,7 +208,7 @@ def _driver_option(name: str, value: object) -> str:
         raise OptionError(
             f"option {name!r} must be one of {', '.join(map(repr, _DRIVERS))}; got {value!r}"
         )
-    return value  # type: ignore[return-value]
+    return str(value)
 
 
 _EXTRA_OPTIONS: dict[str, Validator] = {"driver": _driver_option}
@@ -220,4 +220,3 @@ def create_trio_runner(*, scope: Any, **options: Any) -> Runner:
     (``"auto"``, ``"internal"`` or ``"fresh"``: how ``thread`` scope runs trio)."""
     common, extra = parse_options("trio", options, _EXTRA_OPTIONS)
     return Runner(TrioBackend(extra.get("driver", "auto")), scope, common)
-

@@ -46,12 +46,16 @@ def supported() -> bool:
         return False
     setup = list(inspect.signature(_run.setup_runner).parameters)
     unrolled = inspect.signature(_run.unrolled_run).parameters
-    return setup == [
-        "clock",
-        "instruments",
-        "restrict_keyboard_interrupt_to_checkpoints",
-        "strict_exception_groups",
-    ] and "host_uses_signal_set_wakeup_fd" in unrolled
+    return (
+        setup
+        == [
+            "clock",
+            "instruments",
+            "restrict_keyboard_interrupt_to_checkpoints",
+            "strict_exception_groups",
+        ]
+        and "host_uses_signal_set_wakeup_fd" in unrolled
+    )
 
 
 class TrioDrivenLoop(DrivenLoop):

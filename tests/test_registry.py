@@ -1,0 +1,260 @@
+"""Choosing a backend: names, scopes, options, the cache, third-party backends, and
+the errors for each kind of bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import loopshim
+from loopshim.backends._asyncio import create_asyncio_runner
+
+
+async def answer() -> int:
+    await anyio.sleep(0)
+    return 42
+
+
+def test_builtin_backends_are_available() -> None:
+    expected = ["asyncio"] + [
+        name for name in ("uvloop", "trio") if importlib.util.find_spec(name) is not None
+    ]
+    assert loopshim.available_backends()[: len(expected)] == expected
+
+
+def test_unknown_backend_lists_the_available_ones() -> None:
+    with pytest.raises(loopshim.BackendNotFound) as info:
+        loopshim.get_runner("tiro")
+    message = str(info.value)
+    assert "'tiro'" in message
+    assert "available: asyncio" in message
+    assert "Did you mean 'trio'?" in message
+    assert isinstance(info.value, LookupError)
+
+
+def test_backend_name_must_be_a_string() -> None:
+    with pytest.raises(loopshim.BackendNotFound, match="string"):
+        loopshim.get_runner(42)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("name", "module", "extra"), [("trio", "trio", "trio"), ("uvloop", "uvloop", "uvloop")]
+)
+def test_missing_library_gives_the_install_line(
+    monkeypatch: pytest.MonkeyPatch, name: str, module: str, extra: str
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # makes "import <module>" fail
+    with pytest.raises(loopshim.BackendUnavailable) as info:
+        loopshim.get_runner(name, cached=False)
+    assert f'pip install "loopshim[{extra}]"' in str(info.value)
+    assert isinstance(info.value, ImportError)
+
+
+def test_unknown_scope() -> None:
+    with pytest.raises(
+        loopshim.OptionError, match=r"unknown scope 'threads'.*Did you mean 'thread'"
+    ):
+        loopshim.get_runner("asyncio", scope="threads")
+
+
+@pytest.mark.parametrize(
+    ("options", "pattern"),
+    [
+        ({"timout": 1}, r"unknown option 'timout' for backend 'asyncio'.*Did you mean 'timeout'"),
+        ({"timeout": -1}, r"'timeout' must be a finite number of seconds greater than 0"),
+        ({"timeout": 0}, r"'timeout' must be"),
+        ({"timeout": float("inf")}, r"'timeout' must be"),
+        ({"timeout": "5"}, r"'timeout' must be.*'5' \(str\)"),
+        ({"timeout": True}, r"'timeout' must be"),
+        (
+            {"shutdown_timeout": -0.5},
+            r"'shutdown_timeout' must be a finite number of seconds, 0 or more",
+        ),
+        ({"shutdown_timeout": float("nan")}, r"'shutdown_timeout' must be"),
+        ({"debug": "yes"}, r"'debug' must be True or False"),
+        ({"debug": 1}, r"'debug' must be True or False"),
+        ({"loop_factory": 3}, r"'loop_factory' must be a callable"),
+    ],
+)
+def test_bad_options_are_rejected_clearly(options: dict[str, Any], pattern: str) -> None:
+    with pytest.raises(loopshim.OptionError, match=pattern):
+        loopshim.get_runner("asyncio", cached=False, **options)
+
+
+def test_backend_specific_options_are_checked_per_backend() -> None:
+    pytest.importorskip("trio")
+    with pytest.raises(
+        loopshim.OptionError, match="unknown option 'loop_factory' for backend 'trio'"
+    ):
+        loopshim.get_runner("trio", cached=False, loop_factory=object)
+    with pytest.raises(loopshim.OptionError, match="'driver' must be one of"):
+        loopshim.get_runner("trio", cached=False, driver="fast")
+
+
+def test_unhashable_options_explain_cached_false() -> None:
+    with pytest.raises(loopshim.OptionError, match="cached=False"):
+        loopshim.get_runner("asyncio", loop_factory=None, timeout=1, debug=False, extra=[1])
+
+
+def test_not_an_async_function() -> None:
+    runner = loopshim.get_runner("asyncio", scope="call", cached=False)
+
+    def plain() -> int:
+        return 1
+
+    with pytest.raises(TypeError, match=r"plain is a regular callable; call it directly"):
+        runner.run(plain)  # type: ignore[arg-type]
+    with pytest.raises(
+        TypeError, match=r"not a coroutine object: got answer\(\.\.\.\).*run\(fn, \*args\)"
+    ):
+        runner.run(answer())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"wrap\(\) takes an async function"):
+        runner.wrap(plain)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"spawn\(\) takes an async function, got 3"):
+        runner.spawn(3)  # type: ignore[arg-type]
+
+
+def test_runners_are_shared_until_closed() -> None:
+    a = loopshim.get_runner("asyncio", scope="thread", timeout=5)
+    b = loopshim.get_runner("asyncio", scope="thread", timeout=5)
+    c = loopshim.get_runner("asyncio", scope="thread", timeout=6)
+    private = loopshim.get_runner("asyncio", scope="thread", timeout=5, cached=False)
+    assert a is b
+    assert c is not a
+    assert private is not a
+    a.close()
+    c.close()
+    private.close()
+    fresh = loopshim.get_runner("asyncio", scope="thread", timeout=5)
+    assert fresh is not a
+    assert fresh.run(answer) == 42
+    fresh.close()
+
+
+def test_environment_variable_selects_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("trio")
+    monkeypatch.setenv("LOOPSHIM_BACKEND", "trio")
+    assert loopshim.get_runner(scope="call").name == "trio"
+    monkeypatch.setenv("LOOPSHIM_BACKEND", "asyncoi")
+    with pytest.raises(
+        loopshim.BackendNotFound,
+        match=r"\$LOOPSHIM_BACKEND names backend 'asyncoi'.*Did you mean 'asyncio'",
+    ):
+        loopshim.get_runner()
+    monkeypatch.delenv("LOOPSHIM_BACKEND")
+    assert loopshim.get_runner(scope="call").name == "asyncio"
+
+
+def test_run_helper() -> None:
+    assert loopshim.run(answer) == 42
+    assert loopshim.run(answer, backend="asyncio") == 42
+
+
+def test_register_backend() -> None:
+    calls: list[str] = []
+
+    def factory(*, scope: str, **options: Any) -> loopshim.LoopRunner:
+        calls.append(scope)
+        return create_asyncio_runner(scope=scope, **options)
+
+    loopshim.register_backend("custom_loop", factory)
+    try:
+        assert "custom_loop" in loopshim.available_backends()
+        with loopshim.get_runner("custom_loop", scope="call", cached=False) as runner:
+            assert runner.run(answer) == 42
+        assert calls == ["call"]
+        with pytest.raises(ValueError, match="already defined"):
+            loopshim.register_backend("custom_loop", factory)
+        loopshim.register_backend("custom_loop", factory, replace=True)
+    finally:
+        from loopshim import _registry
+
+        _registry._registered.pop("custom_loop", None)
+
+
+@pytest.mark.parametrize("name", ["", "has space", "1abc", None])
+def test_register_backend_rejects_bad_names(name: Any) -> None:
+    with pytest.raises(ValueError, match="identifiers"):
+        loopshim.register_backend(name, create_asyncio_runner)
+
+
+def test_register_backend_rejects_builtin_names_and_non_callables() -> None:
+    with pytest.raises(ValueError, match="already defined"):
+        loopshim.register_backend("asyncio", create_asyncio_runner)
+    with pytest.raises(TypeError, match="callable factory"):
+        loopshim.register_backend("other_loop", 3)  # type: ignore[arg-type]
+
+
+def test_factory_must_return_a_loop_runner() -> None:
+    loopshim.register_backend("not_a_runner", lambda **kw: object())
+    try:
+        with pytest.raises(TypeError, match="not a LoopRunner"):
+            loopshim.get_runner("not_a_runner", cached=False)
+    finally:
+        from loopshim import _registry
+
+        _registry._registered.pop("not_a_runner", None)
+
+
+def _fake_distribution(root: Path, dist: str, entry: str, module_source: str | None) -> None:
+    info = root / f"{dist}-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
+    (info / "entry_points.txt").write_text(f"[loopshim.backends]\n{entry}\n")
+    if module_source is not None:
+        module, _, _ = entry.split("=", 1)[1].strip().partition(":")
+        (root / f"{module}.py").write_text(textwrap.dedent(module_source))
+
+
+def test_entry_point_backend_is_discovered_and_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_distribution(
+        tmp_path,
+        "loopshim_fancy",
+        "fancy = loopshim_fancy_backend:create",
+        """
+        from loopshim.backends._asyncio import create_asyncio_runner
+
+        def create(*, scope, **options):
+            return create_asyncio_runner(scope=scope, **options)
+        """,
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "fancy" in loopshim.available_backends()
+    with loopshim.get_runner("fancy", scope="call", cached=False) as runner:
+        assert runner.run(answer) == 42
+
+
+def test_broken_entry_point_names_distribution_and_entry_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_distribution(tmp_path, "loopshim_broken", "broken = no_such_module_here:create", None)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(loopshim.BackendUnavailable) as info:
+        loopshim.get_runner("broken", cached=False)
+    message = str(info.value)
+    assert "loopshim_broken 1.2.3" in message
+    assert "broken = no_such_module_here:create" in message
+    assert "loopshim.backends" in message
+    assert isinstance(info.value.__cause__, ImportError)
+
+
+def test_internal_trio_driver_rejects_untested_versions(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("trio")
+    from loopshim.backends import _trio_driver
+
+    monkeypatch.setattr(_trio_driver.trio, "__version__", "9.0.0")
+    assert not _trio_driver.supported()
+    runner = loopshim.get_runner("trio", scope="thread", cached=False)
+    assert "driver=fresh" in repr(runner)
+    assert runner.run(answer) == 42
+    runner.close()
+    with pytest.raises(loopshim.OptionError, match=r"this is trio 9\.0\.0"):
+        loopshim.get_runner("trio", scope="thread", cached=False, driver="internal")

@@ -1,0 +1,283 @@
+"""What every backend keeps in every scope: results, exceptions, context variables,
+sys.exc_info(), timeouts, re-entrancy, threads and fork."""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import os
+import select
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+import anyio
+import pytest
+from conftest import BackendCase, make_runner
+
+import loopshim
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="none")
+
+
+async def add(a: int, b: int = 0, *, scale: int = 1) -> int:
+    await anyio.sleep(0)
+    return (a + b) * scale
+
+
+def test_returns_value_and_forwards_arguments(runner: loopshim.LoopRunner) -> None:
+    assert runner.run(add, 1, 2, scale=10) == 30
+    assert runner.run(add, 5) == 5
+
+
+def test_wrap_keeps_metadata_and_forwards_arguments(runner: loopshim.LoopRunner) -> None:
+    sync_add = runner.wrap(add)
+    assert sync_add(2, b=3, scale=2) == 10
+    assert sync_add.__name__ == "add"
+    assert sync_add.__wrapped__ is add  # type: ignore[attr-defined]
+    assert inspect.signature(sync_add) == inspect.signature(add)
+    assert not inspect.iscoroutinefunction(sync_add)
+
+
+if hasattr(inspect, "markcoroutinefunction"):  # Python 3.12+
+
+    def test_wrap_of_a_marked_coroutine_function_is_not_marked(
+        runner: loopshim.LoopRunner,
+    ) -> None:
+        def returns_coroutine() -> Any:
+            return add(1, 1)
+
+        marked = inspect.markcoroutinefunction(returns_coroutine)
+        wrapped = runner.wrap(marked)
+        assert wrapped() == 2
+        assert not inspect.iscoroutinefunction(wrapped)
+
+
+class Boom(Exception):
+    pass
+
+
+async def raise_it(exc: BaseException) -> None:
+    await anyio.sleep(0)
+    raise exc
+
+
+def _frames(tb: Any) -> list[str]:
+    return [frame.name for frame in traceback.extract_tb(tb)]
+
+
+@pytest.mark.parametrize("exc_type", [Boom, KeyboardInterrupt, SystemExit, GeneratorExit])
+def test_exceptions_propagate_unchanged(runner: loopshim.LoopRunner, exc_type: type) -> None:
+    original = exc_type("from the coroutine")
+    with pytest.raises(exc_type) as info:
+        runner.run(raise_it, original)
+    assert info.value is original
+    assert "raise_it" in _frames(info.value.__traceback__)
+    # The runner is still usable afterwards.
+    assert runner.run(add, 20, 22) == 42
+
+
+def test_context_flows_in_and_back_out(runner: loopshim.LoopRunner) -> None:
+    async def read_then_set() -> str:
+        seen = request_id.get()
+        await anyio.sleep(0)
+        request_id.set("set-inside")
+        return seen
+
+    token = request_id.set("caller")
+    try:
+        assert runner.run(read_then_set) == "caller"
+        assert request_id.get() == "set-inside"
+    finally:
+        request_id.reset(token)
+
+
+def test_context_never_leaks_between_calls(runner: loopshim.LoopRunner) -> None:
+    """Two "requests" in two threads on one runner: each sees only its own value,
+    including while both are in flight at the same time."""
+    barrier = threading.Barrier(2, timeout=10)
+    seen: dict[str, list[str]] = {"a": [], "b": []}
+
+    async def handle(name: str) -> None:
+        seen[name].append(request_id.get())
+        request_id.set(f"{name}-inside")
+        await anyio.sleep(0.01)
+        seen[name].append(request_id.get())
+
+    def request(name: str) -> None:
+        contextvars.copy_context().run(_request_body, name)
+
+    def _request_body(name: str) -> None:
+        barrier.wait()
+        runner.run(handle, name)
+        seen[name].append(request_id.get())
+        runner.run(handle, name)
+
+    threads = [threading.Thread(target=request, args=(n,)) for n in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert seen["a"] == ["none", "a-inside", "a-inside", "a-inside", "a-inside"]
+    assert seen["b"] == ["none", "b-inside", "b-inside", "b-inside", "b-inside"]
+    assert request_id.get() == "none"
+
+
+def test_exc_info_inside_coroutine_is_the_callers_exception(runner: loopshim.LoopRunner) -> None:
+    async def report() -> Any:
+        await anyio.sleep(0)
+        return sys.exc_info()[1]
+
+    handled = Boom("being handled")
+    try:
+        raise handled
+    except Boom:
+        tb_before = handled.__traceback__
+        assert runner.run(report) is handled
+        assert handled.__traceback__ is tb_before
+    assert runner.run(report) is None
+
+
+def test_exception_raised_in_handler_chains_to_handled_one(runner: loopshim.LoopRunner) -> None:
+    async def fail() -> None:
+        raise ValueError("in the error handler")
+
+    handled = Boom("original")
+    try:
+        raise handled
+    except Boom:
+        with pytest.raises(ValueError, match="in the error handler") as info:
+            runner.run(fail)
+    assert info.value.__context__ is handled
+
+
+def test_timeout_cancels_with_backend_cancellation(case: BackendCase, scope: str) -> None:
+    cancelled = []
+
+    async def too_slow() -> None:
+        try:
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            cancelled.append(True)
+            raise
+
+    with make_runner(case, scope, timeout=0.2) as runner:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"too_slow did not finish within 0\.2 s"):
+            runner.run(too_slow)
+        assert time.monotonic() - started < 10
+        assert cancelled == [True]
+        assert runner.run(add, 1, 1) == 2
+
+
+def test_a_coroutine_may_catch_its_own_timeout_and_return(case: BackendCase, scope: str) -> None:
+    async def stubborn() -> str:
+        try:
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            return "cleaned up"
+        return "slept"
+
+    with make_runner(case, scope, timeout=0.1) as runner:
+        assert runner.run(stubborn) == "cleaned up"
+
+
+@pytest.mark.timeout(20)
+def test_reentrant_blocking_call_raises_instead_of_deadlocking(
+    runner: loopshim.LoopRunner,
+) -> None:
+    def sync_helper() -> int:
+        return runner.run(add, 1, 1)
+
+    async def calls_back_into_sync_code() -> int:
+        await anyio.sleep(0)
+        return sync_helper()
+
+    with pytest.raises(loopshim.ReentrantCallError, match="await the function directly"):
+        runner.run(calls_back_into_sync_code)
+    assert runner.run(add, 2, 2) == 4
+
+
+@pytest.mark.timeout(60)
+def test_many_threads_share_one_runner(runner: loopshim.LoopRunner) -> None:
+    calls_per_thread = 200
+
+    async def echo(thread: int, i: int) -> tuple[int, int]:
+        await anyio.sleep(0)
+        return thread, i
+
+    errors: list[BaseException] = []
+    wrong: list[Any] = []
+
+    def worker(thread: int) -> None:
+        try:
+            for i in range(calls_per_thread):
+                result = runner.run(echo, thread, i)
+                if result != (thread, i):
+                    wrong.append(result)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(50)
+    assert not any(t.is_alive() for t in threads), "a caller thread is stuck"
+    assert errors == []
+    assert wrong == []
+
+
+def _wait_child(pid: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.02)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    raise AssertionError("the forked child hung")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:DeprecationWarning")
+def test_runner_used_before_fork_works_in_child(runner: loopshim.LoopRunner) -> None:
+    async def whoami() -> int:
+        await anyio.sleep(0)
+        return os.getpid()
+
+    parent = os.getpid()
+    assert runner.run(whoami) == parent
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave without returning into pytest
+        code = 1
+        try:
+            answer = runner.run(whoami)
+            os.write(write_end, str(answer).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    assert _wait_child(pid, 30) == 0
+    ready, _, _ = select.select([read_end], [], [], 5)
+    assert ready
+    assert int(os.read(read_end, 64)) == pid
+    os.close(read_end)
+    # The parent's loop was not touched.
+    assert runner.run(whoami) == parent
+
+
+def test_functools_partial_and_async_callable_objects_are_accepted(
+    runner: loopshim.LoopRunner,
+) -> None:
+    class Handler:
+        async def __call__(self, x: int) -> int:
+            return x + 1
+
+    assert runner.run(functools.partial(add, 1), 2) == 3
+    assert runner.run(Handler(), 41) == 42
