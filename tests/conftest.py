@@ -28,8 +28,8 @@ BACKENDS = [
     BackendCase("asyncio", "asyncio"),
     BackendCase("uvloop", "uvloop", requires="uvloop"),
     BackendCase("trio", "trio", requires="trio"),
-    # trio's public-API fallback for thread scope (a fresh trio.run per call).
-    BackendCase("trio-fresh", "trio", {"driver": "fresh"}, requires="trio", scopes=("thread",)),
+    # trio's thread scope with public API only: a fresh trio.run per call.
+    BackendCase("trio-public", "trio", {"driver": "public"}, requires="trio", scopes=("thread",)),
 ]
 
 

@@ -47,7 +47,7 @@ def test_one_instance_per_loop_closed_with_the_loop(case: BackendCase, scope: st
     t.join(30)
     if scope == "process":
         assert a1 is a2 is other[0]  # one loop for everybody
-    elif scope == "thread" and case.options.get("driver") != "fresh":
+    elif scope == "thread" and case.options.get("driver") != "public":
         assert a1 is a2  # one loop per thread
         assert other[0] is not a1
     else:

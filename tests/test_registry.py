@@ -253,7 +253,7 @@ def test_internal_trio_driver_rejects_untested_versions(monkeypatch: pytest.Monk
     monkeypatch.setattr(_trio_driver.trio, "__version__", "9.0.0")
     assert not _trio_driver.supported()
     runner = loopshim.get_runner("trio", scope="thread", cached=False)
-    assert "driver=fresh" in repr(runner)
+    assert "driver=public" in repr(runner)
     assert runner.run(answer) == 42
     runner.close()
     with pytest.raises(loopshim.OptionError, match=r"this is trio 9\.0\.0"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,20 @@ async def _execute(job: Job[Any], jobs: set[Job[Any]] | None) -> None:
 
 def _start(loop: asyncio.AbstractEventLoop, job: Job[Any], jobs: set[Job[Any]] | None) -> None:
     job.handle = job.context.run(loop.create_task, _execute(job, jobs))
+
+
+if sys.version_info >= (3, 12):
+
+    def _start_eagerly(
+        loop: asyncio.AbstractEventLoop, job: Job[Any], jobs: set[Job[Any]] | None
+    ) -> None:
+        # On a running loop, an eager task takes its first step now instead of one loop
+        # iteration later: a call that never waits finishes within this callback.
+        job.handle = asyncio.Task(
+            _execute(job, jobs), loop=loop, context=job.context, eager_start=True
+        )
+else:
+    _start_eagerly = _start
 
 
 async def _cancel_and_wait(tasks: set[asyncio.Task[Any]]) -> None:
@@ -103,9 +118,12 @@ class AsyncioDrivenLoop(DrivenLoop):
 class AsyncioLoopThread(LoopThread):
     """A loop in a daemon thread; calls and background tasks hop to it."""
 
-    def __init__(self, name: str, factory: LoopFactory, options: CommonOptions) -> None:
+    def __init__(
+        self, name: str, factory: LoopFactory, options: CommonOptions, eager: bool
+    ) -> None:
         super().__init__(name, options)
         self._factory = factory
+        self._start_task = _start_eagerly if eager else _start
         self._jobs: set[Job[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Future[float] | None = None
@@ -149,7 +167,7 @@ class AsyncioLoopThread(LoopThread):
             return
         self._jobs.add(job)
         assert self._loop is not None
-        _start(self._loop, job, self._jobs)
+        self._start_task(self._loop, job, self._jobs)
 
     def cancel(self, job: Job[Any], reason: str) -> None:
         assert self._loop is not None
@@ -191,7 +209,9 @@ class AsyncioBackend(Backend):
             loop.close()
 
     def loop_thread(self, options: CommonOptions) -> LoopThread:
-        return AsyncioLoopThread(self.name, self._factory, options)
+        # Eager start pays off on the standard loop; uvloop's task start is already cheap.
+        eager = self._factory is asyncio.new_event_loop
+        return AsyncioLoopThread(self.name, self._factory, options, eager)
 
 
 _EXTRA_OPTIONS: dict[str, Validator] = {"loop_factory": callable_or_none}

@@ -67,7 +67,7 @@ async def _execute(job: Job[Any], jobs: set[Job[Any]] | None = None) -> None:
 
 
 class FreshRunLoop(DrivenLoop):
-    """The public-API fallback for ``thread`` scope: a fresh ``trio.run`` per call."""
+    """``thread`` scope with public API only: a fresh ``trio.run`` per call."""
 
     def __init__(self, options: CommonOptions) -> None:
         super().__init__()
@@ -167,12 +167,13 @@ class TrioLoopThread(LoopThread):
         self._stop.set()
 
 
-_DRIVERS: Final = ("auto", "internal", "fresh")
+_DRIVERS: Final = ("auto", "internal", "public")
 
 
 class TrioBackend(Backend):
-    """trio. ``thread`` scope uses the internal driver when this trio is one it was
-    tested against (``driver="auto"``), else a fresh ``trio.run`` per call."""
+    """trio. With ``driver="auto"``, ``thread`` scope uses the internal driver when this
+    trio is a version it was tested against, else public API only (a fresh ``trio.run``
+    per call). The other scopes always use public API only."""
 
     name = "trio"
 
@@ -182,11 +183,11 @@ class TrioBackend(Backend):
             raise OptionError(
                 f"option 'driver': the internal thread-scope driver supports trio "
                 f"{first[0]}.{first[1]} up to (not including) {last[0]}.{last[1]}, and this "
-                f"is trio {trio.__version__}; use driver='auto' or driver='fresh'"
+                f"is trio {trio.__version__}; use driver='auto' or driver='public'"
             )
-        self.driver = "internal" if driver == "auto" and _trio_driver.supported() else driver
-        if self.driver == "auto":
-            self.driver = "fresh"
+        if driver == "auto":
+            driver = "internal" if _trio_driver.supported() else "public"
+        self.driver = driver
 
     def open_loop(self, options: CommonOptions) -> DrivenLoop:
         if self.driver == "internal":
@@ -200,7 +201,7 @@ class TrioBackend(Backend):
         return TrioLoopThread(options)
 
     def describe(self) -> str:
-        return f"thread driver={self.driver}"
+        return f"driver={self.driver}"
 
 
 def _driver_option(name: str, value: object) -> str:
@@ -217,6 +218,6 @@ _EXTRA_OPTIONS: dict[str, Validator] = {"driver": _driver_option}
 def create_trio_runner(*, scope: Any, **options: Any) -> Runner:
     """The ``trio`` backend's factory: options ``timeout``, ``shutdown_timeout``,
     ``debug`` (log task steps that block the loop over 0.1 s) and ``driver``
-    (``"auto"``, ``"internal"`` or ``"fresh"``: how ``thread`` scope runs trio)."""
+    (``"auto"``, ``"internal"`` or ``"public"``: how ``thread`` scope runs trio)."""
     common, extra = parse_options("trio", options, _EXTRA_OPTIONS)
     return Runner(TrioBackend(extra.get("driver", "auto")), scope, common)

@@ -6,7 +6,8 @@ that thread as host costs a hop through trio's I/O thread on every call, about t
 times slower). The pieces used are those guest mode itself is built from:
 ``setup_runner``, the ``unrolled_run`` generator and ``GLOBAL_RUN_CONTEXT``.
 :func:`supported` checks the trio version and the shape of those pieces; when it says
-no, the trio backend falls back to a fresh ``trio.run`` per call (public API only).
+no, the trio backend uses public API only (``driver="public"``): a fresh ``trio.run``
+per call.
 """
 
 from __future__ import annotations
