@@ -28,7 +28,9 @@ async def _execute(job: Job[Any], jobs: set[Job[Any]] | None) -> None:
     if job.timeout is not None:
         timer = asyncio.get_running_loop().call_later(job.timeout, _expire, job)
     try:
-        job.result = await call_user(job)
+        job.result = await (
+            job.fn(*job.args, **job.kwargs) if job.handling is None else call_user(job)
+        )
     except asyncio.CancelledError as exc:
         job.error = job.cancelled_error(exc) if (job.timed_out or job.cancel_reason) else exc
     except BaseException as exc:

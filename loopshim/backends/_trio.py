@@ -43,6 +43,23 @@ def instruments(options: CommonOptions) -> tuple[trio.abc.Instrument, ...]:
     return (SlowStepLogger(),) if options.debug else ()
 
 
+async def _execute_unscoped(job: Job[Any]) -> None:
+    """For a job only its own run can cancel (``trio.run`` delivers Ctrl-C itself), and
+    without a timeout: no cancel scope needed."""
+    if job.timeout is not None:
+        await _execute(job)
+        return
+    try:
+        job.result = await (
+            job.fn(*job.args, **job.kwargs) if job.handling is None else call_user(job)
+        )
+    except BaseException as exc:
+        job.error = exc
+    finally:
+        job.final_context = contextvars.copy_context()
+        job.finish()
+
+
 async def _execute(job: Job[Any], jobs: set[Job[Any]] | None = None) -> None:
     try:
         with trio.CancelScope() as scope:
@@ -51,7 +68,9 @@ async def _execute(job: Job[Any], jobs: set[Job[Any]] | None = None) -> None:
                 scope.cancel()
             elif job.timeout is not None:
                 scope.deadline = trio.current_time() + job.timeout
-            job.result = await call_user(job)
+            job.result = await (
+                job.fn(*job.args, **job.kwargs) if job.handling is None else call_user(job)
+            )
         if scope.cancelled_caught:
             job.error = job.cancelled_error(None)
     except trio.Cancelled:
@@ -84,7 +103,7 @@ async def _run_and_close(job: Job[Any]) -> None:
     state = LoopState()
     state.attach(trio.lowlevel.current_trio_token())
     try:
-        await _execute(job)
+        await _execute_unscoped(job)
     finally:
         if state:
             with trio.CancelScope(shield=True):
