@@ -6,6 +6,7 @@ loop you choose: asyncio, uvloop or trio.
 
 from __future__ import annotations
 
+from ._ensure_sync import ensure_sync
 from ._errors import (
     BackendNotFound,
     BackendUnavailable,
@@ -33,6 +34,7 @@ __all__ = [
     "ScopeError",
     "__version__",
     "available_backends",
+    "ensure_sync",
     "get_runner",
     "loop_local",
     "register_backend",

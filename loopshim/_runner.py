@@ -241,13 +241,17 @@ async def call_user(job: Job[T]) -> T:
 # ------------------------------------------------------------------- input checks
 
 
-def check_async_callable(fn: object, where: str) -> None:
-    """Raise :class:`TypeError` unless *fn* is a coroutine function (or a callable
-    object whose ``__call__`` is one)."""
+def is_async_callable(fn: object) -> bool:
+    """Whether *fn* is a coroutine function, or an object whose ``__call__`` is one."""
     if inspect.iscoroutinefunction(fn):
-        return
+        return True
     is_instance = callable(fn) and not inspect.isroutine(fn) and not isinstance(fn, type)
-    if is_instance and inspect.iscoroutinefunction(type(fn).__call__):
+    return is_instance and inspect.iscoroutinefunction(type(fn).__call__)
+
+
+def check_async_callable(fn: object, where: str) -> None:
+    """Raise :class:`TypeError` unless :func:`is_async_callable` accepts *fn*."""
+    if is_async_callable(fn):
         return
     if inspect.iscoroutine(fn):
         name = getattr(fn, "__qualname__", "coroutine")
@@ -284,8 +288,8 @@ def running_loop_library() -> str | None:
 def reentrant_error(library: str, what: str) -> ReentrantCallError:
     """The error for a blocking call made from a thread that runs an event loop."""
     return ReentrantCallError(
-        f"{what} blocks until the coroutine finishes, but this thread is running a "
-        f"{library} event loop: blocking here would stall that loop or deadlock. "
+        f"{what} blocks until the coroutine finishes, but this thread is running an "
+        f"event loop ({library}): blocking here would stall that loop or deadlock. "
         "In async code, await the function directly; in sync code called from async "
         "code, move the blocking call to a worker thread (for example with "
         "anyio.to_thread.run_sync or asyncio.to_thread)"

@@ -20,6 +20,7 @@ PUBLIC = {
     "ScopeError",
     "__version__",
     "available_backends",
+    "ensure_sync",
     "get_runner",
     "loop_local",
     "register_backend",

@@ -1,0 +1,188 @@
+"""Flask integration: run every async function Flask calls — views, ``View`` and
+``MethodView`` handlers, request hooks, error handlers, context processors, signal
+receivers, ``copy_current_request_context`` — on the backend you choose.
+
+::
+
+    from flask import Flask
+    from loopshim.flask import LoopShim
+
+    app = Flask(__name__)
+    LoopShim(app)                  # reads LOOPSHIM_BACKEND, LOOPSHIM_SCOPE, LOOPSHIM_OPTIONS
+    app.loop_backend = "trio"      # switch at any time; later requests use trio
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, ParamSpec, TypeVar
+
+try:
+    import flask
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        'loopshim.flask needs Flask, which is not installed: pip install "loopshim[flask]"',
+        name="flask",
+    ) from exc
+
+from ._ensure_sync import isolate_requests
+from ._errors import OptionError
+from ._registry import default_backend, get_runner
+from ._runner import LoopRunner, is_async_callable
+
+__all__ = ["LoopShim", "copy_current_request_context"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+EXTENSION_KEY = "loopshim"
+
+
+class _AppState:
+    """What LoopShim keeps per app: the chosen backend, scope, options and runner."""
+
+    def __init__(self, backend: str | None, scope: str, options: Mapping[str, Any]) -> None:
+        if not isinstance(options, Mapping):
+            raise OptionError(
+                f"LOOPSHIM_OPTIONS must be a dict of runner options, got {options!r} "
+                f"({type(options).__name__})"
+            )
+        self.scope = scope
+        self.options = dict(options)
+        self.runner = self._runner_for(backend)
+        self.backend = self.runner.name
+
+    def _runner_for(self, backend: str | None) -> LoopRunner:
+        name = backend if backend is not None else default_backend()[0]
+        return get_runner(name, scope=self.scope, **self.options)
+
+    def switch(self, backend: str) -> None:
+        self.runner = self._runner_for(backend)  # raises now for an unknown name
+        self.backend = self.runner.name
+
+    def async_to_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        return self.runner.wrap(func)
+
+
+def _state(app: flask.Flask) -> _AppState:
+    state = app.extensions.get(EXTENSION_KEY)
+    if state is None:
+        raise AttributeError(
+            "app.loop_backend is available once the LoopShim extension is set up: "
+            "LoopShim(app) or LoopShim().init_app(app)"
+        )
+    return state  # type: ignore[no-any-return]
+
+
+class _LoopBackend:
+    """``app.loop_backend``: the name of the app's backend; assigning switches it."""
+
+    def __get__(self, app: flask.Flask | None, owner: type | None = None) -> Any:
+        if app is None:
+            return self
+        return _state(app).backend
+
+    def __set__(self, app: flask.Flask, name: str) -> None:
+        _state(app).switch(name)
+
+
+class LoopShim:
+    """The Flask extension: ``LoopShim(app)`` or ``LoopShim().init_app(app)``.
+
+    Configuration, read from ``app.config`` by :meth:`init_app` (the constructor's
+    arguments are the defaults):
+
+    - ``LOOPSHIM_BACKEND``: ``"asyncio"``, ``"uvloop"``, ``"trio"`` or a registered name;
+      default ``$LOOPSHIM_BACKEND``, else asyncio.
+    - ``LOOPSHIM_SCOPE``: ``"process"`` (default), ``"thread"`` or ``"call"``.
+    - ``LOOPSHIM_OPTIONS``: a dict of runner options (``timeout``, ``shutdown_timeout``...).
+
+    Bad values raise at once. The extension overrides the app's ``async_to_sync``, so
+    everything Flask passes through ``ensure_sync`` runs on the selected runner, and runs
+    each request in its own copy of the server thread's context, so that context
+    variables set by one request never reach the next request served by that thread.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        app: flask.Flask | None = None,
+        *,
+        backend: str | None = None,
+        scope: str = "process",
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.scope = scope
+        self.options = dict(options or {})
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: flask.Flask) -> None:
+        """Set the extension up on *app*.
+
+        .. versionadded:: 0.1
+        """
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError(f"LoopShim is already set up on {app!r}")
+        state = _AppState(
+            app.config.get("LOOPSHIM_BACKEND", self.backend),
+            app.config.get("LOOPSHIM_SCOPE", self.scope),
+            app.config.get("LOOPSHIM_OPTIONS", self.options),
+        )
+        app.extensions[EXTENSION_KEY] = state
+        # An instance attribute shadows Flask.async_to_sync, which ensure_sync calls.
+        setattr(app, "async_to_sync", state.async_to_sync)  # noqa: B010
+        app.wsgi_app = isolate_requests(app.wsgi_app)  # type: ignore[method-assign,assignment]
+        if not isinstance(getattr(type(app), "loop_backend", None), _LoopBackend):
+            type(app).loop_backend = _LoopBackend()  # type: ignore[attr-defined]
+
+    @staticmethod
+    def runner(app: flask.Flask | None = None) -> LoopRunner:
+        """The runner *app* (default: the current app) uses now.
+
+        .. versionadded:: 0.1
+        """
+        target = app if app is not None else flask.current_app._get_current_object()  # type: ignore[attr-defined]
+        return _state(target).runner
+
+
+def copy_current_request_context(func: Callable[P, T]) -> Callable[P, T]:
+    """Like :func:`flask.copy_current_request_context`, and also for async functions.
+
+    For an ``async def`` function it returns an async function that pushes a copy of
+    the current request context around the call, so a background task started with
+    ``spawn`` can use ``request``, ``session`` and ``g``::
+
+        @app.post("/orders")
+        async def create_order():
+            LoopShim.runner().spawn(copy_current_request_context(send_receipt))
+            return "", 202
+
+    Without it, a background task never sees the request that started it. Synchronous
+    functions are passed to Flask's own version.
+
+    .. versionadded:: 0.1
+    """
+    if not is_async_callable(func):
+        return flask.copy_current_request_context(func)
+    from flask.globals import request_ctx
+
+    if not flask.has_request_context():
+        raise RuntimeError(
+            "copy_current_request_context() needs a request context: call it while "
+            "handling a request"
+        )
+    context = request_ctx._get_current_object().copy()  # type: ignore[attr-defined]
+    async_func: Callable[P, Awaitable[Any]] = func  # type: ignore[assignment]
+
+    @functools.wraps(func)
+    async def with_request_context(*args: P.args, **kwargs: P.kwargs) -> Any:
+        with context:
+            return await async_func(*args, **kwargs)
+
+    return with_request_context  # type: ignore[return-value]
