@@ -1,0 +1,141 @@
+"""One Flask request through the test client: a sync view, an async view on Flask's
+default (asgiref), and an async view on every loopshim backend x scope, interleaved in
+one run; then a view that gathers 100 concurrent 10 ms sleeps, on every backend.
+
+    python benchmarks/flask_request.py          # about 40 s
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+from flask import Flask
+
+sys.path.insert(0, str(Path(__file__).parent))
+from overhead import BACKENDS, SCOPES, Candidate, Target, measure, versions  # noqa: E402
+
+import loopshim  # noqa: E402
+from loopshim.flask import LoopShim  # noqa: E402
+
+
+def make_app(backend: str | None, scope: str = "process") -> Flask:
+    app = Flask(__name__)
+    if backend is not None:
+        app.config.update(LOOPSHIM_BACKEND=backend, LOOPSHIM_SCOPE=scope)
+        LoopShim(app)
+
+    @app.route("/sync")
+    def sync_view() -> str:
+        return "ok"
+
+    @app.route("/async")
+    async def async_view() -> str:
+        return "ok"
+
+    @app.route("/fanout")
+    async def fanout() -> str:
+        async with anyio.create_task_group() as tg:
+            for _ in range(100):
+                tg.start_soon(anyio.sleep, 0.01)
+        return "ok"
+
+    return app
+
+
+def _get(app: Flask, path: str) -> Callable[[], object]:
+    client = app.test_client()
+
+    def request() -> object:
+        response = client.get(path)
+        assert response.status_code == 200
+        return response
+
+    return request
+
+
+def request_candidates() -> list[Candidate]:
+    default = make_app(None)
+    found = [
+        Candidate("sync view", _get(default, "/sync")),
+        Candidate("async view, Flask default", _get(default, "/async")),
+    ]
+    for backend in BACKENDS:
+        if backend not in loopshim.available_backends():
+            continue
+        for scope in SCOPES:
+            app = make_app(backend, scope)
+            found.append(Candidate(f"async view, {backend} {scope}", _get(app, "/async")))
+    return found
+
+
+def check(found: list[Candidate]) -> list[Target]:
+    sync = found[0]
+    targets = []
+    for candidate in found[2:]:
+        scope = candidate.label.rsplit(" ", 1)[1]
+        limit = {"thread": 1.15, "process": 1.5}.get(scope)
+        if limit is None:
+            continue
+        ratio = candidate.median / sync.median
+        targets.append(
+            Target(f"{candidate.label} <= {limit}x a sync view", ratio <= limit, f"{ratio:.2f}x")
+        )
+    return targets
+
+
+def fanout_times(repeat: int) -> dict[str, float]:
+    """Median response time of the 100 x 10 ms fan-out view, per backend."""
+    results = {}
+    for backend in BACKENDS:
+        if backend not in loopshim.available_backends():
+            continue
+        request = _get(make_app(backend, "thread"), "/fanout")
+        request()  # warm-up
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            request()
+            times.append(time.perf_counter() - start)
+        results[backend] = statistics.median(times)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--batch", type=float, default=0.15)
+    parser.add_argument("--fanout-repeat", type=int, default=30)
+    args = parser.parse_args(argv)
+    found = request_candidates()
+    measure(found, args.rounds, args.batch, main_thread=False)
+    sync = found[0]
+    print(versions())
+    print(f"{'request':34} {'median us':>10} {'p95 us':>10} {'vs sync view':>13}")
+    for c in found:
+        print(
+            f"{c.label:34} {c.median * 1e6:10.1f} {c.p95 * 1e6:10.1f} {c.median / sync.median:12.2f}x"
+        )
+    targets = check(found)
+    fanout = fanout_times(args.fanout_repeat)
+    print()
+    for backend, seconds in fanout.items():
+        targets.append(
+            Target(
+                f"{backend}: 100 concurrent 10 ms sleeps answer in <= 20 ms",
+                seconds <= 0.020,
+                f"{seconds * 1e3:.1f} ms",
+            )
+        )
+    for t in targets:
+        print(f"[{'PASS' if t.ok else 'FAIL'}] {t.text}: {t.detail}")
+    return 0 if all(t.ok for t in targets) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
