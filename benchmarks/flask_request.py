@@ -18,10 +18,10 @@ import anyio
 from flask import Flask
 
 sys.path.insert(0, str(Path(__file__).parent))
-from overhead import BACKENDS, SCOPES, Candidate, Target, measure, versions  # noqa: E402
+from overhead import BACKENDS, SCOPES, Candidate, Target, measure, versions
 
-import loopshim  # noqa: E402
-from loopshim.flask import LoopShim  # noqa: E402
+import loopshim
+from loopshim.flask import LoopShim
 
 
 def make_app(backend: str | None, scope: str = "process") -> Flask:
@@ -118,9 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     print(versions())
     print(f"{'request':34} {'median us':>10} {'p95 us':>10} {'vs sync view':>13}")
     for c in found:
-        print(
-            f"{c.label:34} {c.median * 1e6:10.1f} {c.p95 * 1e6:10.1f} {c.median / sync.median:12.2f}x"
-        )
+        ratio = c.median / sync.median
+        print(f"{c.label:34} {c.median * 1e6:10.1f} {c.p95 * 1e6:10.1f} {ratio:12.2f}x")
     targets = check(found)
     fanout = fanout_times(args.fanout_repeat)
     print()

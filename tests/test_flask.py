@@ -174,7 +174,7 @@ def build_app(case: BackendCase, scope: str) -> Flask:
     app.register_blueprint(blueprint)
 
     class Hello(View):
-        methods = ["GET"]
+        methods = ("GET",)
 
         async def dispatch_request(self) -> str:
             await anyio.sleep(0)

@@ -48,9 +48,11 @@ def serve(app: Callable[..., Any]) -> Iterator[str]:
 
 def load(base: str, paths: list[str]) -> list[httpx.Response]:
     """GET every path, CONCURRENCY at a time, each with a bounded timeout."""
-    with httpx.Client(base_url=base, timeout=30) as client:
-        with concurrent.futures.ThreadPoolExecutor(CONCURRENCY) as pool:
-            return list(pool.map(client.get, paths))
+    with (
+        httpx.Client(base_url=base, timeout=30) as client,
+        concurrent.futures.ThreadPoolExecutor(CONCURRENCY) as pool,
+    ):
+        return list(pool.map(client.get, paths))
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +100,7 @@ def test_no_request_sees_another_requests_data(case: BackendCase, scope: str) ->
         with serve(app) as base:
             uids = [f"u{i}" for i in range(REQUESTS)]
             responses = load(base, [f"/user/{u}" for u in uids])
-        for uid, response in zip(uids, responses):
+        for uid, response in zip(uids, responses, strict=True):
             assert response.status_code == 200, response.text
             body = response.json()
             assert body["uid"] == uid
