@@ -67,15 +67,20 @@ def upstream() -> Iterator[str]:
         yield base
 
 
-user_id: contextvars.ContextVar[str] = contextvars.ContextVar("user_id", default="anonymous")
-
-
-def test_no_request_sees_another_requests_data(case: BackendCase, scope: str) -> None:
+def shim_app(case: BackendCase, scope: str) -> Flask:
     app = Flask(__name__)
     app.config.update(
         LOOPSHIM_BACKEND=case.name, LOOPSHIM_SCOPE=scope, LOOPSHIM_OPTIONS=dict(case.options)
     )
     LoopShim(app)
+    return app
+
+
+user_id: contextvars.ContextVar[str] = contextvars.ContextVar("user_id", default="anonymous")
+
+
+def test_no_request_sees_another_requests_data(case: BackendCase, scope: str) -> None:
+    app = shim_app(case, scope)
 
     async def from_background(uid: str) -> str:
         return f"{uid}:{user_id.get()}"
@@ -151,11 +156,7 @@ def test_module_level_loop_bound_objects_survive_requests(
     works on the first request and breaks on the second. Not here."""
     client = httpx.AsyncClient(base_url=upstream)
     queue: asyncio.Queue[int] | None = None if case.name == "trio" else asyncio.Queue()
-    app = Flask(__name__)
-    app.config.update(
-        LOOPSHIM_BACKEND=case.name, LOOPSHIM_SCOPE=scope, LOOPSHIM_OPTIONS=dict(case.options)
-    )
-    LoopShim(app)
+    app = shim_app(case, scope)
 
     @app.route("/proxy/<int:n>")
     async def proxy(n: int) -> str:
@@ -189,11 +190,7 @@ def test_loop_local_client_survives_requests_in_thread_scope(
         await c.aclose()
 
     client = loopshim.loop_local(make_client, aclose=close_client)
-    app = Flask(__name__)
-    app.config.update(
-        LOOPSHIM_BACKEND=case.name, LOOPSHIM_SCOPE=scope, LOOPSHIM_OPTIONS=dict(case.options)
-    )
-    LoopShim(app)
+    app = shim_app(case, scope)
 
     @app.route("/proxy/<int:n>")
     async def proxy(n: int) -> str:
