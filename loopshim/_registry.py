@@ -90,8 +90,9 @@ def register_backend(name: str, factory: BackendFactory, *, replace: bool = Fals
         raise ValueError(f"backend {name!r} is already defined; pass replace=True to override it")
     with _lock:
         _registered[name] = factory
-        for key in [k for k in _cache if k[0] == name]:
-            del _cache[key]
+        evicted = [_cache.pop(k) for k in [k for k in _cache if k[0] == name]]
+    for runner in evicted:  # nobody can get them any more: release their loops
+        runner.close()
 
 
 def _import_builtin(name: str, builtin: _BuiltIn) -> BackendFactory:

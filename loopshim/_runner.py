@@ -14,14 +14,15 @@ from __future__ import annotations
 import abc
 import atexit
 import concurrent.futures
+import contextlib
 import contextvars
 import functools
 import inspect
 import logging
+import math
 import os
 import sys
 import threading
-import weakref
 from asyncio import _get_running_loop
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -36,7 +37,7 @@ from typing import (
     runtime_checkable,
 )
 
-from ._errors import LoopshimError, ReentrantCallError, RunnerClosed, ScopeError
+from ._errors import LoopshimError, OptionError, ReentrantCallError, RunnerClosed, ScopeError
 from ._options import CommonOptions, Scope
 
 if TYPE_CHECKING:
@@ -212,16 +213,17 @@ def _settle_future(job: Job[Any]) -> None:
     future = job.future
     assert future is not None
     error = job.error
-    if future.cancelled():
-        return
-    if error is None:
-        future.set_result(job.result)
-        return
-    if job.cancel_reason is not None:
-        future.cancel()
-        return
-    logger.error("background task %s failed", job.label, exc_info=error)
-    future.set_exception(error)
+    if error is not None and job.cancel_reason is None:
+        logger.error("background task %s failed", job.label, exc_info=error)
+    # Another thread may cancel the future at any moment, so every settling step may
+    # find it already done; that must never raise on the loop.
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        if error is None:
+            future.set_result(job.result)
+        elif job.cancel_reason is not None:
+            future.cancel()
+        else:
+            future.set_exception(error)
 
 
 async def call_user(job: Job[T]) -> T:
@@ -336,6 +338,9 @@ class LoopThread(abc.ABC):
         #: Set (from any thread) once shutdown is requested; new jobs are refused.
         self.shutting_down = False
         self.startup_error: BaseException | None = None
+        #: Background jobs whose future is not settled yet, to settle if the loop ends
+        #: without them (it died, or a submission arrived as it was closing).
+        self.spawned: set[Job[Any]] = set()
         self._ready = threading.Event()
         self._thread = threading.Thread(
             target=self._thread_main, name=f"loopshim-{backend_name}", daemon=True
@@ -362,6 +367,16 @@ class LoopThread(abc.ABC):
         finally:
             self.shutting_down = True
             self._ready.set()
+            self._settle_orphans()
+
+    def _settle_orphans(self) -> None:
+        for job in list(self.spawned):
+            future = job.future
+            assert future is not None
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                future.set_exception(
+                    RunnerClosed(f"{job.label} never ran to completion: its loop thread stopped")
+                )
 
     def ready(self) -> None:
         """Called by :meth:`serve`, on the loop, once jobs can be submitted."""
@@ -517,18 +532,23 @@ class _ProcessScope(_Scope):
                         f"the {self.backend.name} loop thread stopped before {job.label} finished"
                     )
         except (KeyboardInterrupt, SystemExit):
-            # Interrupted while waiting (Ctrl-C in the main thread): cancel the
-            # coroutine and let it unwind, so the loop stays consistent, then re-raise.
-            thread.cancel(job, "interrupted")
-            while not lock.acquire(timeout=_LIVENESS_POLL):
-                if not thread.alive:
-                    break
+            # Interrupted while waiting (Ctrl-C in the main thread). If the job is done
+            # the lock is ours already; otherwise cancel the coroutine and let it
+            # unwind, so the loop stays consistent, then re-raise.
+            if not job.done:
+                thread.cancel(job, "interrupted")
+                while not job.done and not lock.acquire(timeout=_LIVENESS_POLL):
+                    if not thread.alive:
+                        break
             raise
 
     def spawn(self, job: Job[Any]) -> Callable[[], None]:
         thread = self._thread
         if thread is None or thread.shutting_down:
             thread = self._start()
+        assert job.future is not None
+        thread.spawned.add(job)
+        job.future.add_done_callback(lambda _: thread.spawned.discard(job))
         thread.submit(job)
         return functools.partial(thread.cancel, job, "cancelled")
 
@@ -538,8 +558,10 @@ class _ProcessScope(_Scope):
         with self._lock:
             self.closed = True
             thread, self._thread = self._thread, None
-            if thread is not None:
-                thread.close(grace)
+        # Joined outside the lock: coroutines still draining may call run() or spawn(),
+        # which must get RunnerClosed at once rather than wait for this join.
+        if thread is not None:
+            thread.close(grace)
 
     def after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
@@ -656,7 +678,9 @@ _SCOPES: Final[dict[str, type[_Scope]]] = {
     "call": _CallScope,
 }
 
-_live_runners: weakref.WeakSet[Runner] = weakref.WeakSet()
+# Every runner not closed yet, so that interpreter exit closes (and drains) it even if
+# the program dropped its last reference: its loop thread would otherwise run on.
+_live_runners: set[Runner] = set()
 
 
 class Runner:
@@ -743,14 +767,22 @@ class Runner:
 
         .. versionadded:: 0.1
         """
-        from ._options import non_negative_seconds
-
-        grace = (
-            self.options.shutdown_timeout
-            if timeout is None
-            else non_negative_seconds("timeout", timeout)
-        )
+        if timeout is None:
+            grace = self.options.shutdown_timeout
+        elif (
+            isinstance(timeout, (int, float))
+            and not isinstance(timeout, bool)
+            and math.isfinite(timeout)
+            and timeout >= 0
+        ):
+            grace = float(timeout)
+        else:
+            raise OptionError(
+                "close(timeout=...) takes the grace period in seconds (a finite number, "
+                f"0 or more), or None for the shutdown_timeout option; got {timeout!r}"
+            )
         self._scope.close(grace)
+        _live_runners.discard(self)
 
     @property
     def closed(self) -> bool:

@@ -258,3 +258,22 @@ def test_internal_trio_driver_rejects_untested_versions(monkeypatch: pytest.Monk
     runner.close()
     with pytest.raises(loopshim.OptionError, match=r"this is trio 9\.0\.0"):
         loopshim.get_runner("trio", scope="thread", cached=False, driver="internal")
+
+
+def test_replacing_a_backend_closes_the_runners_it_evicts() -> None:
+    def factory(*, scope: str, **options: Any) -> loopshim.LoopRunner:
+        return create_asyncio_runner(scope=scope, **options)
+
+    loopshim.register_backend("evicted_loop", factory)
+    try:
+        old = loopshim.get_runner("evicted_loop")
+        assert old.run(answer) == 42
+        loopshim.register_backend("evicted_loop", factory, replace=True)
+        assert old.closed  # type: ignore[attr-defined]
+        new = loopshim.get_runner("evicted_loop")
+        assert new is not old
+        new.close()
+    finally:
+        from loopshim import _registry
+
+        _registry._registered.pop("evicted_loop", None)

@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import BackendCase, make_runner
+from conftest import BackendCase, make_runner, only_scopes
 
 import loopshim
 
@@ -281,3 +281,51 @@ def test_functools_partial_and_async_callable_objects_are_accepted(
 
     assert runner.run(functools.partial(add, 1), 2) == 3
     assert runner.run(Handler(), 41) == 42
+
+
+@only_scopes("process")
+@pytest.mark.timeout(30)
+def test_ctrl_c_while_waiting_never_hangs(runner: loopshim.LoopRunner) -> None:
+    """SIGINT reaches the main thread while it waits for the loop thread: whether the
+    call has just finished or not, KeyboardInterrupt comes out and nothing hangs."""
+    import signal
+
+    main = threading.get_ident()
+
+    async def interrupts_the_caller() -> str:
+        signal.pthread_kill(main, signal.SIGINT)
+        await anyio.sleep(0.01)
+        return "done"
+
+    def call_then_linger() -> None:
+        runner.run(interrupts_the_caller)
+        time.sleep(5)  # the signal may land just after the call returned
+
+    for _ in range(5):
+        with pytest.raises(KeyboardInterrupt):
+            call_then_linger()
+    assert runner.run(add, 1, 2) == 3
+
+
+@pytest.mark.parametrize("driver", ["internal", "public"])
+def test_trio_system_tasks_do_not_inherit_the_first_callers_context(driver: str) -> None:
+    trio = pytest.importorskip("trio")
+
+    async def probe() -> list[str]:
+        seen: list[str] = []
+
+        async def system_task() -> None:
+            seen.append(request_id.get())
+
+        trio.lowlevel.spawn_system_task(system_task)
+        await trio.sleep(0.01)
+        return seen
+
+    with loopshim.get_runner("trio", scope="thread", driver=driver, cached=False) as runner:
+        for name in ("request-1", "request-2"):
+            token = request_id.set(name)
+            try:
+                # Never an earlier call's value (the bug: the first caller's, forever).
+                assert runner.run(probe) in (["none"], [name])
+            finally:
+                request_id.reset(token)

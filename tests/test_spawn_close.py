@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -242,3 +243,141 @@ def test_call_in_flight_when_closed_gets_runner_closed(case: BackendCase, scope:
     t.join(10)
     assert isinstance(result["error"], loopshim.RunnerClosed)
     assert "long_call" in str(result["error"])
+
+
+@only_scopes("process")
+def test_spawn_and_run_from_a_draining_task_get_runner_closed_at_once(
+    case: BackendCase, scope: str
+) -> None:
+    runner = make_runner(case, scope, shutdown_timeout=3)
+    refused: list[BaseException] = []
+    closing = threading.Event()
+
+    async def keeps_spawning() -> None:
+        while True:
+            await anyio.sleep(0.02)
+            if closing.is_set():
+                try:
+                    runner.spawn(anyio.sleep, 0)
+                except loopshim.RunnerClosed as exc:
+                    refused.append(exc)
+                    return
+
+    runner.spawn(keeps_spawning)
+    closing.set()
+    started = time.monotonic()
+    runner.close()
+    assert time.monotonic() - started < 2  # the task ended early: no waiting for the grace
+    assert len(refused) == 1
+
+
+def test_spawned_future_settles_when_the_loop_thread_dies() -> None:
+    import asyncio
+    import sys
+
+    runner = loopshim.get_runner("asyncio", cached=False)
+    started = threading.Event()
+
+    async def waits() -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    future = runner.spawn(waits)
+    assert started.wait(10)
+
+    async def kill_loop() -> None:
+        # A callback raising SystemExit escapes the loop and ends its thread.
+        asyncio.get_running_loop().call_soon(sys.exit)
+
+    runner.spawn(kill_loop)
+    with pytest.raises(loopshim.RunnerClosed, match="loop thread stopped"):
+        future.result(timeout=10)
+    # The next call starts a fresh loop thread.
+    assert runner.run(anyio.sleep, 0) is None
+    runner.close()
+
+
+def test_cancelling_a_background_future_as_it_settles_never_breaks_the_loop() -> None:
+    """Another thread cancels the future between the task's end and its settling (here:
+    while the failure is being logged); finish() runs on the loop and must not raise."""
+    import contextvars
+
+    from loopshim._runner import Job
+
+    async def nothing() -> None:
+        pass
+
+    job: Job[None] = Job(nothing, (), {}, contextvars.Context(), None, None, None)
+    future: concurrent.futures.Future[None] = concurrent.futures.Future()
+    job.future = future
+    job.error = RuntimeError("failed")
+
+    class CancelWhileLogging(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            future.cancel()
+
+    handler = CancelWhileLogging()
+    logger = logging.getLogger("loopshim")
+    logger.addHandler(handler)
+    try:
+        job.finish()  # must not raise InvalidStateError
+    finally:
+        logger.removeHandler(handler)
+    assert future.cancelled()
+
+
+def test_close_timeout_must_be_a_grace_period() -> None:
+    runner = loopshim.get_runner("asyncio", scope="call", cached=False)
+    for bad in (-1, float("inf"), "5", True):
+        with pytest.raises(loopshim.OptionError, match=r"close\(timeout=\.\.\.\) takes the grace"):
+            runner.close(timeout=bad)  # type: ignore[arg-type]
+    runner.close(timeout=0)
+
+
+if sys.version_info >= (3, 12):  # shutdown_default_executor(timeout) is new in 3.12
+
+    @pytest.mark.filterwarnings("ignore:The executor did not finish:RuntimeWarning")
+    @pytest.mark.parametrize("scope", ["thread", "call"])
+    @pytest.mark.parametrize("backend", ["asyncio", "uvloop"])
+    def test_timeout_is_not_held_up_by_a_busy_executor_thread(
+        backend: str, scope: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """asyncio's default executor: closing the call's loop waits for it, boundedly."""
+        if backend == "uvloop":
+            pytest.importorskip("uvloop")
+        import asyncio
+
+        from loopshim.backends import _asyncio
+
+        monkeypatch.setattr(_asyncio, "CANCEL_GRACE", 0.5)
+
+        async def blocks_a_worker_thread() -> None:
+            await asyncio.to_thread(time.sleep, 5)
+
+        runner = loopshim.get_runner(backend, scope=scope, cached=False, timeout=0.2)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            runner.run(blocks_a_worker_thread)
+        assert time.monotonic() - started < 3
+        runner.close()
+
+
+def test_a_dropped_runner_is_still_drained_at_exit(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    marker = tmp_path / "drained"
+    script = f"""
+import gc, anyio, loopshim
+
+async def background():
+    await anyio.sleep(0.3)
+    open({str(marker)!r}, "w").write("done")
+
+runner = loopshim.get_runner("asyncio", cached=False)
+runner.spawn(background)
+del runner
+gc.collect()
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    assert marker.read_text() == "done"

@@ -13,7 +13,15 @@ from typing import Any
 from .._errors import RunnerClosed
 from .._loop_local import LoopState
 from .._options import CommonOptions, Validator, callable_or_none, parse_options
-from .._runner import CANCEL_GRACE, Backend, DrivenLoop, Job, LoopThread, Runner, call_user
+from .._runner import (
+    CANCEL_GRACE,
+    Backend,
+    DrivenLoop,
+    Job,
+    LoopThread,
+    Runner,
+    call_user,
+)
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
@@ -82,7 +90,13 @@ async def _finalize(state: LoopState, grace: float, jobs: set[Job[Any]] | None =
     await _cancel_and_wait(others)
     await state.aclose()
     await loop.shutdown_asyncgens()
-    await loop.shutdown_default_executor()
+    if sys.version_info >= (3, 12):
+        # Bounded: a worker thread stuck in blocking code must not hang close() (or a
+        # call-scope call, whose TimeoutError waits for its loop to close). Before 3.12
+        # the wait cannot be bounded: cancelling it still joins the thread.
+        await loop.shutdown_default_executor(CANCEL_GRACE)
+    else:
+        await loop.shutdown_default_executor()
 
 
 class AsyncioDrivenLoop(DrivenLoop):

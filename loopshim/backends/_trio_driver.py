@@ -12,6 +12,7 @@ per call.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import sys
 from collections.abc import Callable, Sequence
@@ -81,7 +82,11 @@ class TrioDrivenLoop(DrivenLoop):
         self._state = LoopState()
         outer_hooks = sys.get_asyncgen_hooks()
         try:
-            self._runner = _run.setup_runner(None, instruments, False, True)
+            # trio copies the current context as the run's system context (for system
+            # tasks and callbacks); it must not be the first caller's, a request's.
+            self._runner = contextvars.Context().run(
+                _run.setup_runner, None, instruments, False, True
+            )
             # Keep Python's own SIGINT behaviour between and during calls.
             self._runner.ki_manager.close()
             self._hooks = sys.get_asyncgen_hooks()
