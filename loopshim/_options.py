@@ -6,7 +6,7 @@ import difflib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final, Literal, TypeGuard, get_args
 
 from ._errors import OptionError
 
@@ -32,15 +32,19 @@ def _describe(value: object) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
+def is_seconds(value: object, *, zero_ok: bool) -> TypeGuard[float]:
+    """Whether *value* is a finite number of seconds (a real number, not a bool),
+    greater than zero — or also zero with *zero_ok*."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    return math.isfinite(value) and (value >= 0 if zero_ok else value > 0)
+
+
 def positive_seconds_or_none(name: str, value: object) -> float | None:
     """Accept ``None`` or a finite number of seconds greater than zero."""
     if value is None:
         return None
-    if (
-        not isinstance(value, (int, float))
-        or isinstance(value, bool)
-        or not (math.isfinite(value) and value > 0)
-    ):
+    if not is_seconds(value, zero_ok=False):
         raise OptionError(
             f"option {name!r} must be a finite number of seconds greater than 0, "
             f"or None for no limit; got {_describe(value)}"
@@ -50,11 +54,7 @@ def positive_seconds_or_none(name: str, value: object) -> float | None:
 
 def non_negative_seconds(name: str, value: object) -> float:
     """Accept a finite number of seconds, zero included."""
-    if (
-        not isinstance(value, (int, float))
-        or isinstance(value, bool)
-        or not (math.isfinite(value) and value >= 0)
-    ):
+    if not is_seconds(value, zero_ok=True):
         raise OptionError(
             f"option {name!r} must be a finite number of seconds, 0 or more; got {_describe(value)}"
         )

@@ -123,8 +123,9 @@ def _load_entry_point(name: str, ep: importlib.metadata.EntryPoint) -> BackendFa
     return factory  # type: ignore[no-any-return]
 
 
-def backend_factory(name: str) -> BackendFactory:
-    """The factory of backend *name*, importing it if needed."""
+def backend_factory(name: str, source: str | None = None) -> BackendFactory:
+    """The factory of backend *name*, importing it if needed; *source* says where the
+    name came from (``$LOOPSHIM_BACKEND``), for the error when it is unknown."""
     if not isinstance(name, str):
         raise BackendNotFound(
             f"a backend name is a string such as 'asyncio'; got {name!r} ({type(name).__name__})"
@@ -141,9 +142,13 @@ def backend_factory(name: str) -> BackendFactory:
     available = available_backends()
     missing = sorted(set(BUILTIN_BACKENDS) - set(available))
     note = f" (known but not installed: {', '.join(missing)})" if missing else ""
+    subject = (
+        f"{source} names backend {name!r}, which is unknown"
+        if source
+        else (f"unknown loop backend {name!r}")
+    )
     raise BackendNotFound(
-        f"unknown loop backend {name!r}; available: {', '.join(available)}{note}."
-        f"{did_you_mean(name, _known_names())}"
+        f"{subject}; available: {', '.join(available)}{note}.{did_you_mean(name, _known_names())}"
     )
 
 
@@ -155,8 +160,10 @@ def default_backend() -> tuple[str, str]:
     return DEFAULT_BACKEND, "default"
 
 
-def _create(name: str, scope: str, options: dict[str, Any]) -> LoopRunner:
-    factory = backend_factory(name)
+def _create(
+    name: str, scope: str, options: dict[str, Any], source: str | None = None
+) -> LoopRunner:
+    factory = backend_factory(name, source)
     runner = factory(scope=scope, **options)
     if not isinstance(runner, LoopRunner):
         raise TypeError(
@@ -184,16 +191,12 @@ def get_runner(
 
     .. versionadded:: 0.1
     """
+    source = None
     if name is None:
         name, source = default_backend()
-        if name not in BUILTIN_BACKENDS and name not in _registered and name not in _entry_points():
-            raise BackendNotFound(
-                f"{source} names backend {name!r}, which is unknown; available: "
-                f"{', '.join(available_backends())}.{did_you_mean(name, _known_names())}"
-            )
     checked_scope = check_scope(scope)
     if not cached:
-        return _create(name, checked_scope, options)
+        return _create(name, checked_scope, options, source)
     key = (name, checked_scope, *sorted(options.items()))
     try:
         hash(key)
@@ -205,7 +208,7 @@ def get_runner(
     with _lock:
         runner = _cache.get(key)
         if runner is None or getattr(runner, "closed", False):
-            runner = _create(name, checked_scope, options)
+            runner = _create(name, checked_scope, options, source)
             _cache[key] = runner
         return runner
 

@@ -19,7 +19,6 @@ import contextvars
 import functools
 import inspect
 import logging
-import math
 import os
 import sys
 import threading
@@ -38,7 +37,7 @@ from typing import (
 )
 
 from ._errors import LoopshimError, OptionError, ReentrantCallError, RunnerClosed, ScopeError
-from ._options import CommonOptions, Scope
+from ._options import CommonOptions, Scope, is_seconds
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -158,6 +157,34 @@ class Job(Generic[T_co]):
     def label(self) -> str:
         """A readable name for messages and logs."""
         return getattr(self.fn, "__qualname__", None) or repr(self.fn)
+
+    def awaitable(self) -> Awaitable[Any]:
+        """What the backend's task awaits: the user's coroutine itself, or — when the
+        caller was handling an exception — :func:`call_user` around it."""
+        if self.handling is None:
+            return self.fn(*self.args, **self.kwargs)
+        return call_user(self)
+
+    def complete(self, jobs: set[Job[Any]] | None) -> None:
+        """The end of the backend's task, inside it: keep the context the coroutine
+        left, stop tracking the job, and finish it."""
+        self.final_context = contextvars.copy_context()
+        if jobs is not None:
+            jobs.discard(self)
+        self.finish()
+
+    def refuse(self) -> None:
+        """Finish a job that arrived after its loop began to close, without running it."""
+        self.error = RunnerClosed(f"{self.label} was not started: the runner is closing")
+        self.cancel_reason = "closed"
+        self.finish()
+
+    def cancel(self, reason: str) -> None:
+        """Cancel the running coroutine (on the loop) with the backend's cancellation."""
+        if not self.done:
+            self.cancel_reason = reason
+            if self.handle is not None:
+                self.handle.cancel()
 
     def finish(self) -> None:
         """Mark the job done and wake whoever waits for it (called on the loop)."""
@@ -467,6 +494,9 @@ class _Scope(abc.ABC):
     @abc.abstractmethod
     def call(self, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any) -> Any: ...
 
+    def closed_error(self) -> RunnerClosed:
+        return RunnerClosed(f"this {self.backend.name} runner was closed")
+
     def spawn(self, job: Job[Any]) -> Callable[[], None]:
         raise ScopeError(
             f"spawn() needs a loop that keeps running after the call returns, and a "
@@ -498,7 +528,7 @@ class _ProcessScope(_Scope):
     def _start(self) -> LoopThread:
         with self._lock:
             if self.closed:
-                raise RunnerClosed(f"this {self.backend.name} runner was closed")
+                raise self.closed_error()
             thread = self._thread
             if thread is None or not thread.alive:
                 if thread is not None:
@@ -582,7 +612,7 @@ class _ThreadScope(_Scope):
     def _open(self) -> DrivenLoop:
         with self._lock:
             if self.closed:
-                raise RunnerClosed(f"this {self.backend.name} runner was closed")
+                raise self.closed_error()
             dead = [t for t in self._loops if not t.is_alive()]
             orphans = [self._loops.pop(t) for t in dead]
         for orphan in orphans:  # loops of threads that have ended: idle, safe to close here
@@ -594,16 +624,14 @@ class _ThreadScope(_Scope):
         return loop
 
     def call(self, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any) -> Any:
-        library = running_loop_library()
-        if library is not None:
-            raise reentrant_error(library, "run()")
+        _check_not_in_loop("run()")
         loop: DrivenLoop | None = getattr(self._local, "loop", None)
         if loop is None or loop.closed:
             loop = self._open()
         job = _new_job(fn, args, kwargs, self.options.timeout, None)
         with loop.lock:
             if loop.closed:
-                raise RunnerClosed(f"this {self.backend.name} runner was closed")
+                raise self.closed_error()
             try:
                 loop.run_job(job)
             finally:
@@ -656,11 +684,9 @@ class _CallScope(_Scope):
     scope_name = "call"
 
     def call(self, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any) -> Any:
-        library = running_loop_library()
-        if library is not None:
-            raise reentrant_error(library, "run()")
+        _check_not_in_loop("run()")
         if self.closed:
-            raise RunnerClosed(f"this {self.backend.name} runner was closed")
+            raise self.closed_error()
         job = _new_job(fn, args, kwargs, self.options.timeout, None)
         self.backend.run_fresh(job, self.options)
         return job.outcome()
@@ -769,12 +795,7 @@ class Runner:
         """
         if timeout is None:
             grace = self.options.shutdown_timeout
-        elif (
-            isinstance(timeout, (int, float))
-            and not isinstance(timeout, bool)
-            and math.isfinite(timeout)
-            and timeout >= 0
-        ):
+        elif is_seconds(timeout, zero_ok=True):
             grace = float(timeout)
         else:
             raise OptionError(

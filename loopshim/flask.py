@@ -30,7 +30,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 
 from ._ensure_sync import isolate_requests
 from ._errors import OptionError
-from ._registry import default_backend, get_runner
+from ._registry import get_runner
 from ._runner import LoopRunner, is_async_callable
 
 __all__ = ["LoopShim", "copy_current_request_context"]
@@ -56,8 +56,7 @@ class _AppState:
         self.backend = self.runner.name
 
     def _runner_for(self, backend: str | None) -> LoopRunner:
-        name = backend if backend is not None else default_backend()[0]
-        return get_runner(name, scope=self.scope, **self.options)
+        return get_runner(backend, scope=self.scope, **self.options)
 
     def switch(self, backend: str) -> None:
         self.runner = self._runner_for(backend)  # raises now for an unknown name
@@ -147,8 +146,7 @@ class LoopShim:
 
         .. versionadded:: 0.1
         """
-        target = app if app is not None else flask.current_app._get_current_object()  # type: ignore[attr-defined]
-        return _state(target).runner
+        return _state(app if app is not None else flask.current_app).runner
 
 
 def copy_current_request_context(func: Callable[P, T]) -> Callable[P, T]:

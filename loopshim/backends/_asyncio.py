@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +19,6 @@ from .._runner import (
     Job,
     LoopThread,
     Runner,
-    call_user,
 )
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
@@ -36,9 +34,7 @@ async def _execute(job: Job[Any], jobs: set[Job[Any]] | None) -> None:
     if job.timeout is not None:
         timer = asyncio.get_running_loop().call_later(job.timeout, _expire, job)
     try:
-        job.result = await (
-            job.fn(*job.args, **job.kwargs) if job.handling is None else call_user(job)
-        )
+        job.result = await job.awaitable()
     except asyncio.CancelledError as exc:
         job.error = job.cancelled_error(exc) if (job.timed_out or job.cancel_reason) else exc
     except BaseException as exc:
@@ -46,10 +42,7 @@ async def _execute(job: Job[Any], jobs: set[Job[Any]] | None) -> None:
     finally:
         if timer is not None:
             timer.cancel()
-        job.final_context = contextvars.copy_context()
-        if jobs is not None:
-            jobs.discard(job)
-        job.finish()
+        job.complete(jobs)
 
 
 def _start(loop: asyncio.AbstractEventLoop, job: Job[Any], jobs: set[Job[Any]] | None) -> None:
@@ -177,9 +170,7 @@ class AsyncioLoopThread(LoopThread):
         # Jobs submitted before close() run (and are drained); the loop reads the stop
         # request in submission order, so only jobs submitted after it are refused.
         if self._stop is None or self._stop.done():
-            job.error = RunnerClosed(f"{job.label} was not started: the runner is closing")
-            job.cancel_reason = "closed"
-            job.finish()
+            job.refuse()
             return
         self._jobs.add(job)
         assert self._loop is not None
@@ -188,13 +179,7 @@ class AsyncioLoopThread(LoopThread):
     def cancel(self, job: Job[Any], reason: str) -> None:
         assert self._loop is not None
         with contextlib.suppress(RuntimeError):  # a closed loop took its jobs with it
-            self._loop.call_soon_threadsafe(self._cancel, job, reason)
-
-    @staticmethod
-    def _cancel(job: Job[Any], reason: str) -> None:
-        if not job.done:
-            job.cancel_reason = reason
-            job.handle.cancel()
+            self._loop.call_soon_threadsafe(job.cancel, reason)
 
     def request_shutdown(self, grace: float) -> None:
         assert self._loop is not None

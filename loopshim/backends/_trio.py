@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import logging
 import time
 from typing import Any, Final
@@ -13,7 +12,7 @@ import trio
 from .._errors import OptionError, RunnerClosed
 from .._loop_local import LoopState
 from .._options import CommonOptions, Validator, parse_options
-from .._runner import CANCEL_GRACE, Backend, DrivenLoop, Job, LoopThread, Runner, call_user
+from .._runner import CANCEL_GRACE, Backend, DrivenLoop, Job, LoopThread, Runner
 from . import _trio_driver
 
 _POLL: Final = 0.01
@@ -50,14 +49,11 @@ async def _execute_unscoped(job: Job[Any]) -> None:
         await _execute(job)
         return
     try:
-        job.result = await (
-            job.fn(*job.args, **job.kwargs) if job.handling is None else call_user(job)
-        )
+        job.result = await job.awaitable()
     except BaseException as exc:
         job.error = exc
     finally:
-        job.final_context = contextvars.copy_context()
-        job.finish()
+        job.complete(None)
 
 
 async def _execute(job: Job[Any], jobs: set[Job[Any]] | None = None) -> None:
@@ -68,9 +64,7 @@ async def _execute(job: Job[Any], jobs: set[Job[Any]] | None = None) -> None:
                 scope.cancel()
             elif job.timeout is not None:
                 scope.deadline = trio.current_time() + job.timeout
-            job.result = await (
-                job.fn(*job.args, **job.kwargs) if job.handling is None else call_user(job)
-            )
+            job.result = await job.awaitable()
         if scope.cancelled_caught:
             job.error = job.cancelled_error(None)
     except trio.Cancelled:
@@ -79,10 +73,7 @@ async def _execute(job: Job[Any], jobs: set[Job[Any]] | None = None) -> None:
     except BaseException as exc:
         job.error = exc
     finally:
-        job.final_context = contextvars.copy_context()
-        if jobs is not None:
-            jobs.discard(job)
-        job.finish()
+        job.complete(jobs)
 
 
 class FreshRunLoop(DrivenLoop):
@@ -135,7 +126,7 @@ class TrioLoopThread(LoopThread):
         await self._stop.wait()
         await self._wait_for_jobs(self._grace)
         for job in list(self._jobs):
-            self._cancel(job, "closed")
+            job.cancel("closed")
         await self._wait_for_jobs(CANCEL_GRACE)
         await state.aclose()
 
@@ -156,9 +147,7 @@ class TrioLoopThread(LoopThread):
 
     def _start(self, job: Job[Any]) -> None:
         if self._stop is None or self._stop.is_set():
-            job.error = RunnerClosed(f"{job.label} was not started: the runner is closing")
-            job.cancel_reason = "closed"
-            job.finish()
+            job.refuse()
             return
         self._jobs.add(job)
         trio.lowlevel.spawn_system_task(_execute, job, self._jobs, context=job.context)
@@ -166,14 +155,7 @@ class TrioLoopThread(LoopThread):
     def cancel(self, job: Job[Any], reason: str) -> None:
         assert self._token is not None
         with contextlib.suppress(trio.RunFinishedError):  # the run took its jobs with it
-            self._token.run_sync_soon(self._cancel, job, reason)
-
-    @staticmethod
-    def _cancel(job: Job[Any], reason: str) -> None:
-        if not job.done:
-            job.cancel_reason = reason
-            if job.handle is not None:
-                job.handle.cancel()
+            self._token.run_sync_soon(job.cancel, reason)
 
     def request_shutdown(self, grace: float) -> None:
         assert self._token is not None
