@@ -36,6 +36,10 @@ class _BuiltIn:
     requires: str | None = None  # the import the backend needs
     extra: str | None = None  # the loopshim extra that installs it
 
+    @property
+    def install_command(self) -> str:
+        return f'pip install "loopshim[{self.extra}]"'
+
 
 BUILTIN_BACKENDS: Final[dict[str, _BuiltIn]] = {
     "asyncio": _BuiltIn("loopshim.backends._asyncio", "create_asyncio_runner"),
@@ -103,7 +107,7 @@ def _import_builtin(name: str, builtin: _BuiltIn) -> BackendFactory:
             raise BackendUnavailable(
                 f"backend {name!r} needs the {builtin.requires!r} package, which is not "
                 f"installed or failed to import ({exc}). Install it with: "
-                f'pip install "loopshim[{builtin.extra}]"'
+                f"{builtin.install_command}"
             ) from exc
     module = importlib.import_module(builtin.module)
     return getattr(module, builtin.factory)  # type: ignore[no-any-return]

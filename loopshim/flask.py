@@ -58,8 +58,11 @@ class _AppState:
     def _runner_for(self, backend: str | None) -> LoopRunner:
         return get_runner(backend, scope=self.scope, **self.options)
 
-    def switch(self, backend: str) -> None:
-        self.runner = self._runner_for(backend)  # raises now for an unknown name
+    def switch(self, backend: str | LoopRunner) -> None:
+        if isinstance(backend, LoopRunner):
+            self.runner = backend
+        else:
+            self.runner = self._runner_for(backend)  # raises now for an unknown name
         self.backend = self.runner.name
 
     def async_to_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
@@ -77,15 +80,17 @@ def _state(app: flask.Flask) -> _AppState:
 
 
 class _LoopBackend:
-    """``app.loop_backend``: the name of the app's backend; assigning switches it."""
+    """``app.loop_backend``: the name of the app's backend; assigning a name switches to
+    the shared runner of that backend (with the app's scope and options), assigning a
+    :class:`~loopshim.LoopRunner` makes the app use that very runner."""
 
     def __get__(self, app: flask.Flask | None, owner: type | None = None) -> Any:
         if app is None:
             return self
         return _state(app).backend
 
-    def __set__(self, app: flask.Flask, name: str) -> None:
-        _state(app).switch(name)
+    def __set__(self, app: flask.Flask, backend: str | LoopRunner) -> None:
+        _state(app).switch(backend)
 
 
 class LoopShim:

@@ -1,0 +1,662 @@
+"""The loopshim pytest plugin: run ``async def`` tests and fixtures on every backend.
+
+Installing loopshim registers it (entry point ``pytest11``). Mark a test, or turn on auto
+mode, and it runs once per installed backend::
+
+    import pytest
+
+    @pytest.mark.loopshim
+    async def test_fetch(client):        # test_fetch[asyncio], [uvloop], [trio]
+        assert (await client.get("/")).status_code == 200
+
+Fixtures it provides:
+
+- ``loop_backend``: the backend under test, parametrised over the installed backends (or
+  ``--loopshim-backends``). Override it in a conftest to pick your own set; it may return
+  a name or a ``(name, options)`` pair.
+- ``loop_runner``: a private runner for that backend, shared by the test and its async
+  fixtures, closed when its fixture scope (``loopshim_loop_scope``) ends.
+- ``loop_app``: your ``app`` fixture's Flask app with its async views, hooks and
+  handlers running on ``loop_runner``.
+
+Async fixtures (``async def`` and async generators) requested by such a test run on the
+same runner and loop; an async generator fixture keeps one task from setup to teardown,
+so cancel scopes, task groups and timeouts may span its ``yield``. Context variables set
+by a fixture are visible in the test.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import functools
+import inspect
+import threading
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from typing import Any, Final
+
+import pytest
+
+from ._errors import LoopshimError
+from ._options import did_you_mean, is_seconds
+from ._registry import BUILTIN_BACKENDS, available_backends, default_backend, get_runner
+from ._runner import LoopRunner, running_loop_library
+
+__all__ = ["loop_app", "loop_backend", "loop_runner"]
+
+MARKER: Final = "loopshim"
+MODES: Final = ("strict", "auto")
+#: Scopes in which the loop outlives one call, so fixtures and test can share it.
+RUNNER_SCOPES: Final = ("process", "thread")
+FIXTURE_SCOPES: Final = ("function", "class", "module", "package", "session")
+#: Markers of the other async test plugins: a test carrying one of them is theirs.
+FOREIGN_MARKERS: Final = {
+    "asyncio": "pytest-asyncio",
+    "anyio": "anyio's pytest plugin",
+    "trio": "pytest-trio",
+}
+
+_context_key = pytest.StashKey[contextvars.Context]()
+
+
+# --- configuration ---------------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("loopshim", "loopshim: async tests on every event loop")
+    group.addoption(
+        "--loopshim-mode",
+        dest="loopshim_mode",
+        default=None,
+        help="'strict' (default): run async tests marked @pytest.mark.loopshim; "
+        "'auto': also run every unmarked async test. Overrides the loopshim_mode ini option.",
+    )
+    group.addoption(
+        "--loopshim-backends",
+        dest="loopshim_backends",
+        default=None,
+        help="comma-separated backends to run on, e.g. asyncio,trio (default: every "
+        "installed backend). Overrides the loopshim_backends ini option.",
+    )
+    parser.addini("loopshim_mode", "strict or auto (see --loopshim-mode)", default="strict")
+    parser.addini(
+        "loopshim_backends",
+        "backends to run on, separated by commas or spaces (default: every installed one)",
+        default="",
+    )
+    parser.addini(
+        "loopshim_scope",
+        "runner scope for tests: process (default, the loop runs in its own thread) or "
+        "thread (the loop runs in pytest's thread, only during a call)",
+        default="process",
+    )
+    parser.addini(
+        "loopshim_loop_scope",
+        "fixture scope of loop_runner, so of the loop: function, class, module (default), "
+        "package or session",
+        default="module",
+    )
+    parser.addini(
+        "loopshim_timeout",
+        "seconds an async test or fixture may run before it is cancelled (default: no limit)",
+        default="",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The plugin's configuration, validated once per session."""
+
+    mode: str
+    backends: tuple[str, ...]
+    scope: str
+    loop_scope: str
+    timeout: float | None
+
+
+_settings_key = pytest.StashKey[Settings]()
+
+
+def _split_names(raw: str) -> tuple[str, ...]:
+    return tuple(name for name in raw.replace(",", " ").split() if name)
+
+
+def _read_settings(config: pytest.Config) -> Settings:
+    mode = config.getoption("loopshim_mode") or config.getini("loopshim_mode")
+    if mode not in MODES:
+        raise pytest.UsageError(
+            f"loopshim mode must be one of {', '.join(MODES)}; got {mode!r}. "
+            "Set it with --loopshim-mode or the loopshim_mode ini option"
+        )
+    raw_backends = config.getoption("loopshim_backends")
+    if raw_backends is None:
+        raw_backends = config.getini("loopshim_backends")
+    backends = _split_names(raw_backends)
+    known = sorted(set(BUILTIN_BACKENDS) | set(available_backends()))
+    for name in backends:
+        if name not in known:
+            raise pytest.UsageError(
+                f"--loopshim-backends / loopshim_backends names {name!r}, which is not a "
+                f"loopshim backend; valid names: {', '.join(known)}.{did_you_mean(name, known)}"
+            )
+    if raw_backends and not backends:
+        raise pytest.UsageError(
+            f"--loopshim-backends / loopshim_backends is empty; valid names: {', '.join(known)}"
+        )
+    scope = config.getini("loopshim_scope")
+    if scope not in RUNNER_SCOPES:
+        why = (
+            " ('call' starts a new loop for every call, so a fixture's loop-bound objects "
+            "would be dead by the time the test runs)"
+            if scope == "call"
+            else ""
+        )
+        raise pytest.UsageError(
+            f"loopshim_scope must be one of {', '.join(RUNNER_SCOPES)}; got {scope!r}{why}"
+        )
+    loop_scope = config.getini("loopshim_loop_scope")
+    if loop_scope not in FIXTURE_SCOPES:
+        raise pytest.UsageError(
+            f"loopshim_loop_scope must be one of {', '.join(FIXTURE_SCOPES)}; got {loop_scope!r}"
+        )
+    return Settings(mode, backends, scope, loop_scope, _read_timeout(config))
+
+
+def _read_timeout(config: pytest.Config) -> float | None:
+    raw = config.getini("loopshim_timeout").strip()
+    if not raw:
+        return None
+    try:
+        timeout = float(raw)
+    except ValueError:
+        timeout = float("nan")
+    if not is_seconds(timeout, zero_ok=False):
+        raise pytest.UsageError(
+            f"loopshim_timeout must be a finite number of seconds greater than 0; got {raw!r}"
+        )
+    return timeout
+
+
+def _check_asyncio_mode(config: pytest.Config, settings: Settings) -> None:
+    if settings.mode != "auto" or not config.pluginmanager.hasplugin("asyncio"):
+        return
+    try:
+        asyncio_mode = config.getoption("asyncio_mode") or config.getini("asyncio_mode")
+    except ValueError:  # pytest-asyncio without that option
+        return
+    if str(asyncio_mode) == "auto":
+        raise pytest.UsageError(
+            "loopshim_mode and pytest-asyncio's asyncio_mode are both 'auto', so both "
+            "plugins would claim every unmarked async test and fixture. Set one of them "
+            "to 'strict' and mark the tests it should run"
+        )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{MARKER}: run this async test through a loopshim runner, once per backend "
+        "(see the loop_backend fixture)",
+    )
+    settings = _read_settings(config)
+    _check_asyncio_mode(config, settings)
+    config.stash[_settings_key] = settings
+
+
+def _settings(config: pytest.Config) -> Settings:
+    return config.stash[_settings_key]
+
+
+def _loop_scope(fixture_name: str, config: pytest.Config) -> Any:
+    return _settings(config).loop_scope
+
+
+# --- which tests are ours --------------------------------------------------------------
+
+
+def _claims(marker_names: set[str], mode: str, argnames: tuple[str, ...] | list[str]) -> bool:
+    """Whether an ``async def`` test with these markers and arguments is ours."""
+    if MARKER in marker_names:
+        return True
+    if mode != "auto" or marker_names & FOREIGN_MARKERS.keys():
+        return False
+    return "anyio_backend" not in argnames  # anyio claims tests that ask for its backend
+
+
+def _marker_names(collector: pytest.Collector, obj: object) -> set[str]:
+    names = {mark.name for mark in getattr(obj, "pytestmark", [])}
+    names.update(mark.name for mark in collector.iter_markers())
+    return names
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> None:
+    # Runs before the test's fixtures are resolved, so requesting loop_runner here makes
+    # the loop_backend parametrisation apply to it.
+    if not isinstance(collector, (pytest.Module, pytest.Class)):
+        return
+    # Name first: module globals include proxies (flask.g) that raise on any access.
+    if not collector.istestfunction(obj, name) or not inspect.iscoroutinefunction(obj):
+        return
+    argnames = tuple(inspect.signature(obj).parameters)
+    if _claims(_marker_names(collector, obj), _settings(collector.config).mode, argnames):
+        pytest.mark.usefixtures("loop_runner")(obj)
+
+
+def _is_ours(item: pytest.Function) -> bool:
+    if not inspect.iscoroutinefunction(item.obj):
+        return False
+    names = {mark.name for mark in item.iter_markers()}
+    return _claims(names, _settings(item.config).mode, item.fixturenames)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if not isinstance(item, pytest.Function) or item.get_closest_marker(MARKER) is None:
+        return
+    others = sorted(
+        f"@pytest.mark.{name} ({plugin})"
+        for name, plugin in FOREIGN_MARKERS.items()
+        if item.get_closest_marker(name) is not None
+    )
+    if others:
+        pytest.fail(
+            f"{item.nodeid} is marked both @pytest.mark.{MARKER} and {', '.join(others)}: "
+            "two plugins would run it on two different loops. Keep one marker "
+            "(check module- and class-level pytestmark too)",
+            pytrace=False,
+        )
+    if not inspect.iscoroutinefunction(item.obj):
+        pytest.fail(
+            f"{item.nodeid} is marked @pytest.mark.{MARKER} but is not an async def "
+            "function; remove the marker, or make the test async",
+            pytrace=False,
+        )
+
+
+# --- backend parametrisation -----------------------------------------------------------
+
+
+def _uses_default_backend_fixture(metafunc: pytest.Metafunc) -> bool:
+    # The last definition is the one in effect; a conftest override is the user's.
+    fixturedefs = metafunc._arg2fixturedefs.get("loop_backend")
+    if not fixturedefs:
+        return False
+    return getattr(fixturedefs[-1].func, "__module__", None) == __name__
+
+
+def _parametrized_by_mark(metafunc: pytest.Metafunc, loop_scope: str) -> bool:
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        argnames = mark.args[0] if mark.args else mark.kwargs.get("argnames", ())
+        if isinstance(argnames, str):
+            argnames = [name.strip() for name in argnames.split(",")]
+        if "loop_backend" not in argnames:
+            continue
+        scope = mark.kwargs.get("scope") or "function"
+        indirect = mark.kwargs.get("indirect", False)
+        if not indirect and FIXTURE_SCOPES.index(scope) < FIXTURE_SCOPES.index(loop_scope):
+            pytest.fail(
+                f"{metafunc.definition.nodeid} parametrizes loop_backend with scope "
+                f"{scope!r}, narrower than the loop (loopshim_loop_scope = {loop_scope!r}); "
+                f'add scope="{loop_scope}" to the parametrize mark',
+                pytrace=False,
+            )
+        return True
+    return False
+
+
+def _backend_param(name: str) -> Any:
+    builtin = BUILTIN_BACKENDS.get(name)
+    if builtin is None or name in available_backends():
+        return pytest.param(name, id=name)
+    reason = f"backend {name!r} is not installed: {builtin.install_command}"
+    return pytest.param(name, id=name, marks=pytest.mark.skip(reason=reason))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "loop_backend" not in metafunc.fixturenames:
+        return
+    settings = _settings(metafunc.config)
+    if _parametrized_by_mark(metafunc, settings.loop_scope):
+        return
+    if not _uses_default_backend_fixture(metafunc):
+        return
+    names = settings.backends or tuple(available_backends())
+    metafunc.parametrize(
+        "loop_backend",
+        [_backend_param(name) for name in names],
+        indirect=True,
+        scope=settings.loop_scope,  # type: ignore[arg-type]
+    )
+
+
+def _backend_spec(value: object) -> tuple[str, dict[str, Any]]:
+    if isinstance(value, str):
+        return value, {}
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], Mapping)
+    ):
+        return value[0], dict(value[1])
+    raise LoopshimError(
+        f"loop_backend must give a backend name such as 'trio', or a (name, options) pair "
+        f"such as ('trio', {{'driver': 'public'}}); got {value!r}"
+    )
+
+
+# --- fixtures --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope=_loop_scope)
+def loop_backend(request: pytest.FixtureRequest) -> Any:
+    """The backend the current test runs on: a name, or a ``(name, options)`` pair.
+
+    Parametrised over the installed backends (narrowed by ``--loopshim-backends`` or the
+    ``loopshim_backends`` ini option). Override it in a ``conftest.py`` to choose the set
+    yourself; give it the scope of ``loopshim_loop_scope`` (``module`` by default)::
+
+        @pytest.fixture(scope="module", params=["asyncio", ("trio", {"driver": "public"})])
+        def loop_backend(request):
+            return request.param
+
+    .. versionadded:: 0.1
+    """
+    return getattr(request, "param", None) or default_backend()[0]
+
+
+@pytest.fixture(scope=_loop_scope)
+def loop_runner(loop_backend: object, request: pytest.FixtureRequest) -> Iterator[LoopRunner]:
+    """A private runner for ``loop_backend``, shared by the tests and async fixtures of one
+    ``loopshim_loop_scope`` (``module`` by default), and closed at its end.
+
+    Its scope is ``loopshim_scope`` (``process`` by default); ``loopshim_timeout`` becomes its
+    ``timeout`` option unless ``loop_backend`` sets one.
+
+    .. versionadded:: 0.1
+    """
+    settings = _settings(request.config)
+    name, options = _backend_spec(loop_backend)
+    if settings.timeout is not None:
+        options.setdefault("timeout", settings.timeout)
+    runner = get_runner(name, scope=settings.scope, cached=False, **options)
+    try:
+        yield runner
+    finally:
+        runner.close()
+
+
+@pytest.fixture
+def loop_app(request: pytest.FixtureRequest, loop_runner: LoopRunner) -> Iterator[Any]:
+    """Your ``app`` fixture's Flask app, with everything Flask runs through
+    ``ensure_sync`` on ``loop_runner`` — so on every backend, and on the same loop as
+    the test's async fixtures::
+
+        @pytest.fixture
+        def app():
+            return create_app()
+
+        def test_home(loop_app):          # test_home[asyncio], [uvloop], [trio]
+            assert loop_app.test_client().get("/").status_code == 200
+
+    The app gets the :class:`~loopshim.flask.LoopShim` extension if it has none; its
+    previous runner is restored afterwards.
+
+    .. versionadded:: 0.1
+    """
+    try:
+        app = request.getfixturevalue("app")
+    except pytest.FixtureLookupError:
+        pytest.fail(
+            "loop_app needs a fixture named 'app' that returns your Flask app; define one "
+            "in your conftest.py",
+            pytrace=False,
+        )
+    from .flask import EXTENSION_KEY, LoopShim
+
+    if EXTENSION_KEY not in app.extensions:
+        LoopShim(app)
+    previous = LoopShim.runner(app)
+    app.loop_backend = loop_runner
+    try:
+        yield app
+    finally:
+        app.loop_backend = previous
+
+
+# --- running tests and fixtures --------------------------------------------------------
+
+
+def _context(node: pytest.Item | pytest.Collector) -> contextvars.Context:
+    """The context the async code of *node* runs in: a copy of its parent's, made once."""
+    context = node.stash.get(_context_key, None)
+    if context is None:
+        parent = node.parent
+        while parent is not None and _context_key not in parent.stash:
+            parent = parent.parent
+        base = parent.stash[_context_key] if parent is not None else contextvars.copy_context()
+        context = base.run(contextvars.copy_context)
+        node.stash[_context_key] = context
+    return context
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    if not _is_ours(pyfuncitem):
+        return None
+    runner = pyfuncitem.funcargs["loop_runner"]
+    assert isinstance(runner, LoopRunner)
+    kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    _context(pyfuncitem).run(runner.run, pyfuncitem.obj, **kwargs)
+    return True
+
+
+def _is_async_fixture(func: Callable[..., Any]) -> bool:
+    if getattr(func, "_force_asyncio_fixture", False):  # @pytest_asyncio.fixture: theirs
+        return False
+    return inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)
+
+
+@pytest.hookimpl(tryfirst=True, wrapper=True)
+def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Any:
+    func = fixturedef.func
+    if not _is_async_fixture(func) or "loop_runner" not in request.fixturenames:
+        return (yield)
+    _check_fixture_scope(fixturedef, _settings(request.config).loop_scope)
+    # Have pytest resolve loop_runner (and request) for the fixture: this checks the
+    # scopes and tears the fixture down before the runner closes.
+    added = tuple(name for name in ("loop_runner", "request") if name not in fixturedef.argnames)
+    original_argnames = fixturedef.argnames
+    fixturedef.argnames = (*original_argnames, *added)
+    fixturedef.func = _synchronous_fixture(func, added)
+    # pytest noted the fixture's dependencies before this hook added loop_runner: tie
+    # the fixture's lifetime to the runner's, so a new backend gets a new fixture value.
+    runner_fixturedef = request._get_active_fixturedef("loop_runner")
+    runner_fixturedef.addfinalizer(functools.partial(fixturedef.finish, request=request))
+    try:
+        return (yield)
+    finally:
+        fixturedef.func = func
+        fixturedef.argnames = original_argnames
+
+
+def _check_fixture_scope(fixturedef: Any, loop_scope: str) -> None:
+    scope = str(fixturedef.scope)
+    if FIXTURE_SCOPES.index(scope) > FIXTURE_SCOPES.index(loop_scope):
+        pytest.fail(
+            f"async fixture {fixturedef.argname!r} has scope {scope!r}, wider than the "
+            f"loop it would run on (loopshim_loop_scope = {loop_scope!r}). Set "
+            f"loopshim_loop_scope = {scope} in your pytest configuration, or give the "
+            "fixture a narrower scope",
+            pytrace=False,
+        )
+
+
+def _synchronous_fixture(func: Callable[..., Any], added: tuple[str, ...]) -> Callable[..., Any]:
+    def split(kwargs: dict[str, Any]) -> tuple[LoopRunner, contextvars.Context, dict[str, Any]]:
+        runner, request = kwargs["loop_runner"], kwargs["request"]
+        own = {name: value for name, value in kwargs.items() if name not in added}
+        return runner, _context(request.node), own
+
+    if inspect.isasyncgenfunction(func):
+
+        @functools.wraps(func)
+        def generator_fixture(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            runner, context, own = split(kwargs)
+            holder = _FixtureTask(func(*args, **own), func.__qualname__)
+            value = context.run(runner.run, holder.start)
+            try:
+                yield value
+            finally:
+                context.run(runner.run, holder.finish)
+
+        return generator_fixture
+
+    @functools.wraps(func)
+    def coroutine_fixture(*args: Any, **kwargs: Any) -> Any:
+        runner, context, own = split(kwargs)
+        return context.run(runner.run, func, *args, **own)
+
+    return coroutine_fixture
+
+
+class _FixtureTask:
+    """One task that runs an async generator fixture from setup to teardown.
+
+    Setup and teardown must run in the same task: trio's cancel scopes and nurseries, and
+    asyncio's task groups and timeouts, refuse to be exited from another task than the
+    one that entered them. The task is started by the setup call and parks at the
+    fixture's ``yield`` until the teardown call wakes it.
+    """
+
+    def __init__(self, agen: AsyncGenerator[Any, None], name: str) -> None:
+        self.agen = agen
+        self.name = name
+        self.ended = threading.Event()  # the task finished, whatever the reason
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.final_context: contextvars.Context | None = None
+        self._events: _Events | None = None
+        self._task: Any = None  # keeps the asyncio task alive
+
+    async def start(self) -> Any:
+        library = running_loop_library()
+        events = self._events = _Events(library, self.name)
+        cancel = self._spawn(library)
+        try:
+            await events.started.wait()
+        except BaseException:
+            cancel()
+            raise
+        if self.error is not None:
+            raise self._take_error()
+        if self.final_context is not None:
+            # run() copies this call's context back to the test's, and with it these.
+            for var, value in self.final_context.items():
+                var.set(value)
+        return self.value
+
+    def _spawn(self, library: str | None) -> Callable[[], object]:
+        if library == "trio":
+            import trio
+
+            scope = trio.CancelScope()
+
+            async def body_in_scope() -> None:
+                with scope:
+                    await self._body()
+
+            trio.lowlevel.spawn_system_task(
+                body_in_scope, context=contextvars.copy_context(), name=self.name
+            )
+            return scope.cancel
+        import asyncio
+
+        self._task = asyncio.get_running_loop().create_task(self._body())
+        return self._task.cancel  # type: ignore[no-any-return]
+
+    async def finish(self) -> None:
+        if not self.ended.is_set():
+            assert self._events is not None
+            self._events.resume.set()
+            await self._events.done.wait()
+        if self.error is not None:
+            raise self._take_error()
+
+    def _take_error(self) -> BaseException:
+        error, self.error = self.error, None
+        assert error is not None
+        return error
+
+    async def _body(self) -> None:
+        events = self._events
+        assert events is not None
+        try:
+            await self._drive(events)
+        finally:
+            self.ended.set()
+            events.started.set()
+            events.done.set()
+
+    async def _drive(self, events: _Events) -> None:
+        try:
+            self.value = await self.agen.__anext__()
+        except BaseException as exc:
+            self.error = exc
+            return
+        self.final_context = contextvars.copy_context()
+        events.started.set()
+        try:
+            await events.resume.wait()
+        except BaseException as exc:
+            self.error = LoopshimError(
+                f"async fixture {self.name} was cancelled at its yield, before pytest "
+                f"tore it down ({exc!r}): its loop ended between setup and teardown. "
+                "Use a runner whose loop outlives a call: scope process or thread, and "
+                "for trio in thread scope the internal driver"
+            )
+            await self._close_quietly()
+            raise
+        try:
+            await self.agen.__anext__()
+        except StopAsyncIteration:
+            return
+        except BaseException as exc:
+            self.error = exc
+            return
+        self.error = LoopshimError(
+            f"async fixture {self.name} yielded more than once; a fixture yields exactly once"
+        )
+        await self._close_quietly()
+
+    async def _close_quietly(self) -> None:
+        try:
+            await self.agen.aclose()
+        except BaseException as exc:  # already failing: keep the first error
+            if self.error is None:
+                self.error = exc
+
+
+class _Events:
+    """The three events a fixture task and the test thread signal each other with."""
+
+    def __init__(self, library: str | None, name: str) -> None:
+        if library == "trio":
+            import trio
+
+            factory: Callable[[], Any] = trio.Event
+        elif library == "asyncio":
+            import asyncio
+
+            factory = asyncio.Event
+        else:
+            raise LoopshimError(
+                f"async generator fixture {name} needs a backend running asyncio or trio; "
+                f"this loop runs {library!r}"
+            )
+        self.started = factory()
+        self.resume = factory()
+        self.done = factory()

@@ -1,0 +1,571 @@
+"""The pytest plugin, exercised through pytest's own ``pytester``."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+
+import pytest
+
+import loopshim
+
+pytest_plugins = ["pytester"]
+
+INSTALLED = loopshim.available_backends()
+INI = """
+[pytest]
+asyncio_default_fixture_loop_scope = function
+filterwarnings = error
+{extra}
+"""
+
+#: A test body that reports which library and loop it runs on.
+WHERE = """
+import asyncio, threading
+import trio
+from loopshim._runner import running_loop_library
+
+def where():
+    library = running_loop_library()
+    if library == "asyncio":
+        loop = asyncio.get_running_loop()
+        return library, type(loop).__module__.split(".")[0], id(loop)
+    return library, "trio", id(trio.lowlevel.current_trio_token())
+"""
+
+
+def make(pytester: pytest.Pytester, source: str, ini: str = "", **files: str) -> None:
+    pytester.makeini(INI.format(extra=ini))
+    pytester.makepyfile(where=WHERE, **files)
+    pytester.makepyfile(textwrap.dedent(source))
+
+
+def ids(result: pytest.RunResult) -> list[str]:
+    return [line.strip() for line in result.outlines if "::" in line]
+
+
+def library_of(backend: str) -> tuple[str, str]:
+    return {"asyncio": ("asyncio", "asyncio"), "uvloop": ("asyncio", "uvloop")}.get(
+        backend, ("trio", "trio")
+    )
+
+
+MARKED = """
+import pytest
+from where import where
+
+@pytest.mark.loopshim
+async def test_where(loop_backend):
+    library, loop_kind, _ = where()
+    expected = {"asyncio": ("asyncio", "asyncio"), "uvloop": ("asyncio", "uvloop"),
+                "trio": ("trio", "trio")}[loop_backend]
+    assert (library, loop_kind) == expected
+
+async def test_unmarked():
+    pass
+"""
+
+
+def test_marked_test_runs_once_per_installed_backend(pytester: pytest.Pytester) -> None:
+    make(pytester, MARKED)
+    collected = pytester.runpytest("--collect-only", "-q")
+    assert ids(collected) == [
+        f"test_marked_test_runs_once_per_installed_backend.py::test_where[{name}]"
+        for name in INSTALLED
+    ] + ["test_marked_test_runs_once_per_installed_backend.py::test_unmarked"]
+    result = pytester.runpytest("-v")
+    # Strict mode: the unmarked async test is nobody's, so pytest fails it.
+    result.assert_outcomes(passed=len(INSTALLED), failed=1)
+    result.stdout.fnmatch_lines(["*test_unmarked*FAILED*"])
+
+
+@pytest.mark.parametrize("how", ["ini", "option"])
+def test_auto_mode_claims_unmarked_tests(pytester: pytest.Pytester, how: str) -> None:
+    make(pytester, MARKED, ini="loopshim_mode = auto" if how == "ini" else "")
+    args = ["--loopshim-mode=auto"] if how == "option" else []
+    pytester.runpytest(*args).assert_outcomes(passed=2 * len(INSTALLED))
+
+
+def test_backends_option_narrows_and_orders(pytester: pytest.Pytester) -> None:
+    make(pytester, MARKED)
+    result = pytester.runpytest(
+        "--collect-only", "-q", "--loopshim-backends=trio,asyncio", "-k", "where"
+    )
+    assert [i.split("[")[1] for i in ids(result)] == ["trio]", "asyncio]"]
+
+
+def test_backends_ini_narrows(pytester: pytest.Pytester) -> None:
+    make(pytester, MARKED, ini="loopshim_backends = trio")
+    pytester.runpytest("-k", "where", "-v").stdout.fnmatch_lines(["*test_where?trio? PASSED*"])
+    assert "asyncio]" not in pytester.runpytest("--collect-only", "-q").stdout.str()
+
+
+@pytest.mark.parametrize(
+    ("args", "ini", "message"),
+    [
+        (
+            ["--loopshim-backends=asyncio,tiro"],
+            "",
+            "names 'tiro', which is not a loopshim "
+            "backend; valid names: asyncio, trio, uvloop. Did you mean 'trio'?",
+        ),
+        ([], "loopshim_backends = gevent", "names 'gevent'"),
+        (["--loopshim-backends=,"], "", "is empty"),
+        (["--loopshim-mode=lazy"], "", "mode must be one of strict, auto; got 'lazy'"),
+        ([], "loopshim_scope = call", "'call' starts a new loop for every call"),
+        ([], "loopshim_scope = global", "loopshim_scope must be one of process, thread"),
+        ([], "loopshim_loop_scope = forever", "loopshim_loop_scope must be one of function"),
+        ([], "loopshim_timeout = -1", "loopshim_timeout must be a finite number"),
+        ([], "loopshim_timeout = soon", "got 'soon'"),
+    ],
+)
+def test_bad_configuration_is_a_usage_error(
+    pytester: pytest.Pytester, args: list[str], ini: str, message: str
+) -> None:
+    make(pytester, MARKED, ini=ini)
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert message in result.stderr.str()
+
+
+def test_known_but_missing_backend_is_skipped_with_install_hint(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Simulate a machine without uvloop: the registry then reports it unavailable.
+    import loopshim._registry as registry
+
+    monkeypatch.setattr(
+        registry, "available_backends", lambda: [n for n in INSTALLED if n != "uvloop"]
+    )
+    monkeypatch.setattr("loopshim.pytest_plugin.available_backends", registry.available_backends)
+    make(pytester, MARKED)
+    result = pytester.runpytest("--loopshim-backends=uvloop", "-k", "where", "-rs")
+    result.assert_outcomes(skipped=1)
+    hint = "backend 'uvloop' is not installed: pip install \"loopshim[uvloop]\""
+    assert hint in result.stdout.str()
+
+
+FIXTURES = """
+import contextvars
+import anyio
+import pytest
+from where import where
+
+request_id = contextvars.ContextVar("request_id")
+LOG = []
+
+@pytest.fixture
+async def value():
+    await anyio.sleep(0)
+    return 42
+
+@pytest.fixture
+async def resource():
+    request_id.set("set-by-fixture")
+    home = where()
+    # A task group spans the yield: setup and teardown must run in one task.
+    async with anyio.create_task_group() as tg:
+        stopped = anyio.Event()
+        tg.start_soon(stopped.wait)
+        LOG.append("setup")
+        yield home
+        LOG.append("teardown")
+        stopped.set()
+
+@pytest.mark.loopshim
+async def test_uses_fixtures(value, resource):
+    assert value == 42
+    assert where() == resource          # same library, same loop
+    assert request_id.get() == "set-by-fixture"
+    assert LOG[-1] == "setup"
+
+def test_teardown_ran():
+    n = len([x for x in LOG if x == "teardown"])
+    assert LOG == ["setup", "teardown"] * n and n >= 1
+
+@pytest.mark.loopshim
+async def test_context_does_not_leak_between_tests():
+    assert request_id.get("unset") == "unset"
+"""
+
+
+def test_async_fixtures_share_the_tests_loop_task_and_context(pytester: pytest.Pytester) -> None:
+    make(pytester, FIXTURES)
+    result = pytester.runpytest("-p", "no:randomly", "-v")
+    result.assert_outcomes(passed=2 * len(INSTALLED) + 1)
+
+
+MODULE_FIXTURE = """
+import anyio
+import pytest
+from where import where
+
+@pytest.fixture(scope="module")
+async def shared():
+    return where(), anyio.Event()
+
+@pytest.mark.loopshim
+async def test_first(shared):
+    home, event = shared
+    assert where() == home
+    event.set()
+
+@pytest.mark.loopshim
+async def test_second(shared):
+    home, event = shared
+    assert where() == home       # the same loop, one module later
+    await event.wait()
+"""
+
+
+@pytest.mark.parametrize("scope", ["process", "thread"])
+def test_module_fixture_and_tests_share_one_loop(pytester: pytest.Pytester, scope: str) -> None:
+    make(pytester, MODULE_FIXTURE, ini=f"loopshim_scope = {scope}")
+    pytester.runpytest().assert_outcomes(passed=2 * len(INSTALLED))
+
+
+def test_fixture_wider_than_the_loop_is_a_clear_error(pytester: pytest.Pytester) -> None:
+    make(
+        pytester,
+        """
+        import pytest
+
+        @pytest.fixture(scope="session")
+        async def pool():
+            return 1
+
+        @pytest.mark.loopshim
+        async def test_pool(pool):
+            pass
+    """,
+    )
+    result = pytester.runpytest("--loopshim-backends=asyncio")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*async fixture 'pool' has scope 'session', wider than the loop it would run on "
+            "(loopshim_loop_scope = 'module'). Set loopshim_loop_scope = session*"
+        ]
+    )
+    pytester.makeini(INI.format(extra="loopshim_loop_scope = session"))
+    pytester.runpytest("--loopshim-backends=asyncio").assert_outcomes(passed=1)
+
+
+def test_failure_shows_the_assertion_and_the_test_line(pytester: pytest.Pytester) -> None:
+    make(
+        pytester,
+        """
+        import anyio
+        import pytest
+
+        async def helper():
+            await anyio.sleep(0)
+            return 1
+
+        @pytest.mark.loopshim
+        async def test_compare():
+            got = await helper()
+            assert got == 2, "helper gave the wrong answer"
+    """,
+    )
+    result = pytester.runpytest("--loopshim-backends=trio")
+    result.assert_outcomes(failed=1)
+    [test_file] = pytester.path.glob("test_*.py")
+    source = test_file.read_text().splitlines()
+    line = next(n for n, text in enumerate(source, 1) if "assert got == 2" in text)
+    result.stdout.fnmatch_lines(
+        [
+            '>       assert got == 2, "helper gave the wrong answer"',
+            "E       AssertionError: helper gave the wrong answer",
+            "E       assert 1 == 2",
+            f"{test_file.name}:{line}: AssertionError",
+        ]
+    )
+    # The plugin's own frames stay out of the way.
+    assert "pytest_plugin.py" not in result.stdout.str()
+
+
+def test_fixture_errors_are_reported_as_setup_and_teardown_errors(
+    pytester: pytest.Pytester,
+) -> None:
+    make(
+        pytester,
+        """
+        import pytest
+
+        @pytest.fixture
+        async def broken_setup():
+            raise LookupError("no such database")
+            yield
+
+        @pytest.fixture
+        async def broken_teardown():
+            yield
+            raise OSError("could not drop the database")
+
+        @pytest.fixture
+        async def greedy():
+            yield 1
+            yield 2
+
+        @pytest.mark.loopshim
+        async def test_a(broken_setup):
+            pass
+
+        @pytest.mark.loopshim
+        async def test_b(broken_teardown):
+            pass
+
+        @pytest.mark.loopshim
+        async def test_c(greedy):
+            pass
+    """,
+    )
+    result = pytester.runpytest("--loopshim-backends=asyncio,trio")
+    result.assert_outcomes(passed=4, errors=6)
+    out = result.stdout.str()
+    assert out.count("LookupError: no such database") >= 2
+    assert out.count("OSError: could not drop the database") >= 2
+    assert "async fixture greedy yielded more than once" in out
+
+
+def test_hanging_test_is_stopped_by_the_timeout(pytester: pytest.Pytester) -> None:
+    make(
+        pytester,
+        """
+        import anyio
+        import pytest
+
+        @pytest.mark.loopshim
+        async def test_hangs():
+            await anyio.sleep(3600)
+    """,
+        ini="loopshim_timeout = 0.2",
+    )
+    result = pytester.runpytest("-p", "no:timeout")
+    result.assert_outcomes(failed=len(INSTALLED))
+    result.stdout.fnmatch_lines(["*TimeoutError*"])
+
+
+CONFTEST_OVERRIDE = """
+import pytest
+
+@pytest.fixture(scope="module", params=[
+    "asyncio",
+    pytest.param(("trio", {"driver": "public"}), id="trio-public"),
+])
+def loop_backend(request):
+    return request.param
+"""
+
+
+def test_loop_backend_override_with_options(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(CONFTEST_OVERRIDE)
+    make(
+        pytester,
+        """
+        import pytest
+
+        @pytest.mark.loopshim
+        async def test_runner(loop_runner, loop_backend):
+            name = loop_backend if isinstance(loop_backend, str) else loop_backend[0]
+            assert loop_runner.name == name
+    """,
+        ini="loopshim_scope = thread",
+    )
+    result = pytester.runpytest("-v")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        ["*test_runner?asyncio? PASSED*", "*test_runner?trio-public? PASSED*"]
+    )
+
+
+def test_generator_fixture_on_a_loop_that_ends_each_call_fails_clearly(
+    pytester: pytest.Pytester,
+) -> None:
+    # trio's public driver in thread scope runs trio.run per call: the fixture's task
+    # cannot survive until teardown. That must be an error, not a hang.
+    pytester.makeconftest(CONFTEST_OVERRIDE)
+    make(
+        pytester,
+        """
+        import pytest
+
+        @pytest.fixture
+        async def held():
+            yield 1
+
+        @pytest.mark.loopshim
+        async def test_held(held):
+            assert held == 1
+    """,
+        ini="loopshim_scope = thread",
+    )
+    result = pytester.runpytest("-k", "trio")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*async fixture held was cancelled at its yield*"])
+
+
+def test_bad_loop_backend_override(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest("""
+        import pytest
+
+        @pytest.fixture(scope="module")
+        def loop_backend():
+            return 3
+    """)
+    make(
+        pytester,
+        """
+        import pytest
+
+        @pytest.mark.loopshim
+        async def test_x():
+            pass
+    """,
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*loop_backend must give a backend name such as 'trio'*got 3*"])
+
+
+def test_direct_parametrisation_wins(pytester: pytest.Pytester) -> None:
+    make(
+        pytester,
+        """
+        import pytest
+
+        @pytest.mark.loopshim
+        @pytest.mark.parametrize("loop_backend", ["trio"], scope="module")
+        async def test_x(loop_runner):
+            assert loop_runner.name == "trio"
+    """,
+    )
+    pytester.runpytest("-v").stdout.fnmatch_lines(["*test_x?trio? PASSED*"])
+
+
+def test_direct_parametrisation_narrower_than_the_loop(pytester: pytest.Pytester) -> None:
+    make(
+        pytester,
+        """
+        import pytest
+
+        @pytest.mark.loopshim
+        @pytest.mark.parametrize("loop_backend", ["trio"])
+        async def test_narrow(loop_runner):
+            pass
+    """,
+    )
+    pytester.runpytest().stdout.fnmatch_lines(
+        [
+            "*test_narrow parametrizes loop_backend with scope 'function', narrower than the "
+            "loop (loopshim_loop_scope = 'module'); add scope=\"module\" to the parametrize mark"
+        ]
+    )
+
+
+FLASK = """
+import pytest
+from flask import Flask
+from where import where
+
+app_ = Flask(__name__)
+
+@app_.get("/where")
+async def where_view():
+    return list(where())
+
+@pytest.fixture
+def app():
+    return app_
+
+@pytest.fixture
+async def home():
+    return list(where())
+
+def test_views_run_on_each_backend(loop_app, loop_backend, home):
+    body = loop_app.test_client().get("/where").get_json()
+    assert body == home      # the view ran on the loop the async fixture ran on
+"""
+
+
+def test_loop_app_runs_a_flask_app_on_each_backend(pytester: pytest.Pytester) -> None:
+    make(pytester, FLASK)
+    result = pytester.runpytest("-v")
+    result.assert_outcomes(passed=len(INSTALLED))
+    for name in INSTALLED:
+        result.stdout.fnmatch_lines([f"*test_views_run_on_each_backend?{name}? PASSED*"])
+
+
+def test_loop_app_without_an_app_fixture(pytester: pytest.Pytester) -> None:
+    make(
+        pytester,
+        """
+        def test_x(loop_app):
+            pass
+    """,
+    )
+    result = pytester.runpytest("--loopshim-backends=asyncio")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*loop_app needs a fixture named 'app'*"])
+
+
+COEXIST = """
+import pytest
+
+@pytest.mark.asyncio
+async def test_pytest_asyncio(request):
+    assert "loop_runner" not in request.fixturenames
+
+@pytest.mark.anyio
+async def test_anyio(request):
+    assert "loop_runner" not in request.fixturenames
+
+@pytest.mark.loopshim
+async def test_ours(loop_runner):
+    pass
+
+@pytest.mark.loopshim
+@pytest.mark.asyncio
+async def test_both():
+    pass
+"""
+
+
+def test_coexists_with_pytest_asyncio_and_anyio(pytester: pytest.Pytester) -> None:
+    make(pytester, COEXIST)
+    result = pytester.runpytest_subprocess("-v")
+    result.stdout.fnmatch_lines(
+        [
+            "*test_pytest_asyncio PASSED*",
+            "*test_anyio?asyncio? PASSED*",
+        ]
+    )
+    out = result.stdout.str()
+    assert re.findall(r"test_ours\[(\w+)\] PASSED", out) == INSTALLED
+    assert "is marked both @pytest.mark.loopshim and @pytest.mark.asyncio (pytest-asyncio)" in out
+    anyio_runs = len(re.findall(r"test_anyio\[\w+\] PASSED", out))
+    result.assert_outcomes(passed=1 + anyio_runs + len(INSTALLED), errors=len(INSTALLED))
+
+
+def test_both_auto_modes_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    make(pytester, MARKED, ini="loopshim_mode = auto\nasyncio_mode = auto")
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "both 'auto'" in result.stderr.str()
+
+
+def test_marker_on_a_sync_test(pytester: pytest.Pytester) -> None:
+    make(
+        pytester,
+        """
+        import pytest
+
+        @pytest.mark.loopshim
+        def test_sync():
+            pass
+    """,
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*marked @pytest.mark.loopshim but is not an async def*"])
