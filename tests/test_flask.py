@@ -327,6 +327,28 @@ def test_loop_backend_attribute(case: BackendCase, scope: str) -> None:
     assert app.loop_backend == case.name  # type: ignore[attr-defined]
 
 
+def test_loop_backend_accepts_a_runner(runner: loopshim.LoopRunner) -> None:
+    app = Flask(__name__)
+    LoopShim(app)
+
+    @app.route("/")
+    async def home() -> str:
+        return str(threading.get_ident())
+
+    app.loop_backend = runner  # type: ignore[attr-defined]
+    assert LoopShim.runner(app) is runner
+    assert app.loop_backend == runner.name  # type: ignore[attr-defined]
+    served_by = int(app.test_client().get("/").text)
+    assert served_by == runner.run(_thread_id)
+    with pytest.raises(loopshim.BackendNotFound, match="a backend name is a string"):
+        app.loop_backend = 42  # type: ignore[attr-defined]
+    assert LoopShim.runner(app) is runner
+
+
+async def _thread_id() -> int:
+    return threading.get_ident()
+
+
 def test_switching_to_an_uninstalled_backend_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     app = Flask(__name__)
     # Options no other test uses, so no runner for them is cached yet.
