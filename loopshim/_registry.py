@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from ._errors import BackendNotFound, BackendUnavailable, OptionError
+from ._gevent import threading_patched
 from ._options import check_scope, did_you_mean
 from ._runner import LoopRunner
 
@@ -35,6 +36,7 @@ class _BuiltIn:
     factory: str
     requires: str | None = None  # the import the backend needs
     extra: str | None = None  # the loopshim extra that installs it
+    gevent_ok: bool = True  # whether it runs under gevent's monkey-patching
 
     @property
     def install_command(self) -> str:
@@ -44,7 +46,9 @@ class _BuiltIn:
 BUILTIN_BACKENDS: Final[dict[str, _BuiltIn]] = {
     "asyncio": _BuiltIn("loopshim.backends._asyncio", "create_asyncio_runner"),
     "uvloop": _BuiltIn("loopshim.backends._asyncio", "create_uvloop_runner", "uvloop", "uvloop"),
-    "trio": _BuiltIn("loopshim.backends._trio", "create_trio_runner", "trio", "trio"),
+    "trio": _BuiltIn(
+        "loopshim.backends._trio", "create_trio_runner", "trio", "trio", gevent_ok=False
+    ),
 }
 
 _registered: dict[str, BackendFactory] = {}
@@ -100,6 +104,13 @@ def register_backend(name: str, factory: BackendFactory, *, replace: bool = Fals
 
 
 def _import_builtin(name: str, builtin: _BuiltIn) -> BackendFactory:
+    if not builtin.gevent_ok and threading_patched():
+        raise BackendUnavailable(
+            f"backend {name!r} cannot run under gevent's monkey-patching, which replaces "
+            "the threading and select primitives it is built on (patch_all() even removes "
+            "select.epoll). Under gevent workers use the asyncio or uvloop backend, in "
+            "process scope"
+        )
     if builtin.requires is not None:
         try:
             importlib.import_module(builtin.requires)

@@ -36,6 +36,7 @@ from typing import (
     runtime_checkable,
 )
 
+from . import _gevent
 from ._errors import LoopshimError, OptionError, ReentrantCallError, RunnerClosed, ScopeError
 from ._options import CommonOptions, Scope, is_seconds
 
@@ -368,10 +369,17 @@ class LoopThread(abc.ABC):
         #: Background jobs whose future is not settled yet, to settle if the loop ends
         #: without them (it died, or a submission arrived as it was closing).
         self.spawned: set[Job[Any]] = set()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(
-            target=self._thread_main, name=f"loopshim-{backend_name}", daemon=True
-        )
+        name = f"loopshim-{backend_name}"
+        self._ready: threading.Event | _gevent.NativeLatch
+        self._thread: threading.Thread | _gevent.NativeThread
+        if _gevent.threading_patched():
+            self._ready = _gevent.NativeLatch()
+            self._thread = _gevent.NativeThread(self._thread_main, name)
+            self._get_ident: Callable[[], int] = _gevent.native_get_ident
+        else:
+            self._ready = threading.Event()
+            self._thread = threading.Thread(target=self._thread_main, name=name, daemon=True)
+            self._get_ident = threading.get_ident
 
     def start(self) -> None:
         """Start the thread and wait until its loop accepts jobs."""
@@ -416,7 +424,7 @@ class LoopThread(abc.ABC):
 
     def in_loop_thread(self) -> bool:
         """Whether the current thread is this loop's thread."""
-        return threading.get_ident() == self._thread.ident
+        return self._get_ident() == self._thread.ident
 
     def close(self, grace: float) -> None:
         """Ask the loop to drain and stop, then join its thread (bounded)."""
@@ -610,6 +618,8 @@ class _ThreadScope(_Scope):
         self._loops: dict[threading.Thread, DrivenLoop] = {}
 
     def _open(self) -> DrivenLoop:
+        if _gevent.threading_patched():
+            _gevent.refuse_scope("thread", self.backend.name)
         with self._lock:
             if self.closed:
                 raise self.closed_error()
@@ -687,6 +697,8 @@ class _CallScope(_Scope):
         _check_not_in_loop("run()")
         if self.closed:
             raise self.closed_error()
+        if _gevent.threading_patched():
+            _gevent.refuse_scope("call", self.backend.name)
         job = _new_job(fn, args, kwargs, self.options.timeout, None)
         self.backend.run_fresh(job, self.options)
         return job.outcome()

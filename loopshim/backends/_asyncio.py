@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._errors import RunnerClosed
+from .._gevent import native_selector, threading_patched
 from .._loop_local import LoopState
 from .._options import CommonOptions, Validator, callable_or_none, parse_options
 from .._runner import (
@@ -212,7 +213,15 @@ class AsyncioBackend(Backend):
     def loop_thread(self, options: CommonOptions) -> LoopThread:
         # Eager start pays off on the standard loop; uvloop's task start is already cheap.
         eager = self._factory is asyncio.new_event_loop
-        return AsyncioLoopThread(self.name, self._factory, options, eager)
+        factory = self._factory
+        if eager and threading_patched():
+            # gevent's selector would run a gevent hub inside the loop's native thread.
+            factory = _loop_with_native_selector
+        return AsyncioLoopThread(self.name, factory, options, eager)
+
+
+def _loop_with_native_selector() -> asyncio.AbstractEventLoop:
+    return asyncio.SelectorEventLoop(native_selector())
 
 
 _EXTRA_OPTIONS: dict[str, Validator] = {"loop_factory": callable_or_none}
