@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ._errors import ScopeError
+from ._errors import BackendUnavailable, ScopeError
 
 
 def threading_patched() -> bool:
@@ -51,6 +51,16 @@ def refuse_scope(scope: str, backend: str) -> None:
         "would run in the hub's own thread, blocking every greenlet while it runs and "
         "colliding with the other greenlets' calls. Use process scope (the default), whose "
         "loop runs in a native thread while callers wait cooperatively"
+    )
+
+
+def refuse_backend(name: str) -> None:
+    """Raise :class:`BackendUnavailable` for a backend that cannot run under gevent."""
+    raise BackendUnavailable(
+        f"backend {name!r} cannot run under gevent's monkey-patching, which replaces "
+        "the threading and select primitives it is built on (patch_all() even removes "
+        "select.epoll). Under gevent workers use the asyncio or uvloop backend, in "
+        "process scope"
     )
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from ._errors import BackendNotFound, BackendUnavailable, OptionError
-from ._gevent import threading_patched
+from ._gevent import refuse_backend, threading_patched
 from ._options import check_scope, did_you_mean
 from ._runner import LoopRunner
 
@@ -105,12 +105,7 @@ def register_backend(name: str, factory: BackendFactory, *, replace: bool = Fals
 
 def _import_builtin(name: str, builtin: _BuiltIn) -> BackendFactory:
     if not builtin.gevent_ok and threading_patched():
-        raise BackendUnavailable(
-            f"backend {name!r} cannot run under gevent's monkey-patching, which replaces "
-            "the threading and select primitives it is built on (patch_all() even removes "
-            "select.epoll). Under gevent workers use the asyncio or uvloop backend, in "
-            "process scope"
-        )
+        refuse_backend(name)
     if builtin.requires is not None:
         try:
             importlib.import_module(builtin.requires)

@@ -10,6 +10,7 @@ from typing import Any, Final
 import trio
 
 from .._errors import OptionError, RunnerClosed
+from .._gevent import refuse_backend, threading_patched
 from .._loop_local import LoopState
 from .._options import CommonOptions, Validator, parse_options
 from .._runner import CANCEL_GRACE, Backend, DrivenLoop, Job, LoopThread, Runner
@@ -199,6 +200,8 @@ class TrioBackend(Backend):
         trio.run(_run_and_close, job, instruments=instruments(options))
 
     def loop_thread(self, options: CommonOptions) -> LoopThread:
+        if threading_patched():  # trio was imported before gevent patched (--preload)
+            refuse_backend("trio")
         return TrioLoopThread(options)
 
     def describe(self) -> str:
