@@ -116,6 +116,20 @@ class NativeLatch:
     def is_set(self) -> bool:
         return self._flag
 
-    def wait(self) -> None:
-        self._lock.acquire()
-        self._lock.release()
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            self._lock.release()
+            return True
+        return False
+
+
+def new_thread(target: Callable[[], None], name: str) -> threading.Thread | NativeThread:
+    """A daemon OS thread running *target*: a plain thread, or a native one under gevent."""
+    if threading_patched():
+        return NativeThread(target, name)
+    return threading.Thread(target=target, name=name, daemon=True)
+
+
+def new_event() -> threading.Event | NativeLatch:
+    """An event to set and wait across OS threads, native under gevent."""
+    return NativeLatch() if threading_patched() else threading.Event()

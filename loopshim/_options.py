@@ -15,6 +15,8 @@ SCOPES: Final[tuple[str, ...]] = get_args(Scope)
 
 #: Grace period, in seconds, that ``close()`` gives background tasks by default.
 DEFAULT_SHUTDOWN_TIMEOUT: Final = 5.0
+#: Seconds a ``process``-scope loop may stay blocked before loopshim logs a warning.
+DEFAULT_BLOCK_WARNING: Final = 0.5
 
 Validator = Callable[[str, object], object]
 
@@ -26,6 +28,9 @@ class CommonOptions:
     timeout: float | None = None
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     debug: bool = False
+    block_warning: float | None = DEFAULT_BLOCK_WARNING
+    #: The names the caller passed (the others have their default).
+    given: frozenset[str] = frozenset()
 
 
 def _describe(value: object) -> str:
@@ -79,6 +84,7 @@ COMMON_VALIDATORS: Final[Mapping[str, Validator]] = {
     "timeout": positive_seconds_or_none,
     "shutdown_timeout": non_negative_seconds,
     "debug": boolean,
+    "block_warning": positive_seconds_or_none,
 }
 
 
@@ -121,4 +127,4 @@ def parse_options(
             )
         target = common if name in COMMON_VALIDATORS else specific
         target[name] = validator(name, value)
-    return CommonOptions(**common), specific
+    return CommonOptions(**common, given=frozenset(options)), specific

@@ -39,6 +39,7 @@ from typing import (
 from . import _gevent
 from ._errors import LoopshimError, OptionError, ReentrantCallError, RunnerClosed, ScopeError
 from ._options import CommonOptions, Scope, is_seconds
+from ._watchdog import BlockWatchdog
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -369,17 +370,12 @@ class LoopThread(abc.ABC):
         #: Background jobs whose future is not settled yet, to settle if the loop ends
         #: without them (it died, or a submission arrived as it was closing).
         self.spawned: set[Job[Any]] = set()
-        name = f"loopshim-{backend_name}"
-        self._ready: threading.Event | _gevent.NativeLatch
-        self._thread: threading.Thread | _gevent.NativeThread
-        if _gevent.threading_patched():
-            self._ready = _gevent.NativeLatch()
-            self._thread = _gevent.NativeThread(self._thread_main, name)
-            self._get_ident: Callable[[], int] = _gevent.native_get_ident
-        else:
-            self._ready = threading.Event()
-            self._thread = threading.Thread(target=self._thread_main, name=name, daemon=True)
-            self._get_ident = threading.get_ident
+        self._ready = _gevent.new_event()
+        self._thread = _gevent.new_thread(self._thread_main, f"loopshim-{backend_name}")
+        self._get_ident: Callable[[], int] = (
+            _gevent.native_get_ident if _gevent.threading_patched() else threading.get_ident
+        )
+        self._watchdog: BlockWatchdog | None = None
 
     def start(self) -> None:
         """Start the thread and wait until its loop accepts jobs."""
@@ -390,6 +386,20 @@ class LoopThread(abc.ABC):
             raise LoopshimError(
                 f"the {self._thread.name} loop thread failed to start: {self.startup_error!r}"
             ) from self.startup_error
+        threshold = self.options.block_warning
+        if threshold is not None:
+            self._watchdog = BlockWatchdog(self, threshold)
+            self._watchdog.start()
+
+    @property
+    def name(self) -> str:
+        """The loop thread's name, ``loopshim-<backend>``."""
+        return self._thread.name
+
+    @property
+    def ident(self) -> int | None:
+        """The loop thread's OS-level identifier, once started."""
+        return self._thread.ident
 
     def _thread_main(self) -> None:
         try:
@@ -403,6 +413,8 @@ class LoopThread(abc.ABC):
             self.shutting_down = True
             self._ready.set()
             self._settle_orphans()
+            if self._watchdog is not None:
+                self._watchdog.stop()
 
     def _settle_orphans(self) -> None:
         for job in list(self.spawned):
@@ -432,6 +444,9 @@ class LoopThread(abc.ABC):
             self.shutting_down = True
             self.request_shutdown(grace)
             self._thread.join(grace + CANCEL_GRACE)
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog.join()
         if self._thread.is_alive():
             logger.warning(
                 "loop thread %s did not stop within %.1f s (a coroutine is blocking it "
@@ -443,6 +458,10 @@ class LoopThread(abc.ABC):
     @abc.abstractmethod
     def serve(self) -> None:
         """Run the loop in this thread; call :meth:`ready`; return after shutdown."""
+
+    @abc.abstractmethod
+    def call_soon(self, callback: Callable[[], object]) -> None:
+        """Have the loop call *callback* soon (thread-safe; raises once the loop ended)."""
 
     @abc.abstractmethod
     def submit(self, job: Job[Any]) -> None:
@@ -730,6 +749,12 @@ class Runner:
     """
 
     def __init__(self, backend: Backend, scope: Scope, options: CommonOptions) -> None:
+        if "block_warning" in options.given and scope != "process":
+            raise OptionError(
+                f"option 'block_warning' applies to process scope only; in {scope} scope "
+                "each loop runs in its caller's thread, so blocking code stalls only that "
+                "caller. Drop the option, or use process scope"
+            )
         self.name = backend.name
         self.scope = scope
         self.options = options

@@ -156,6 +156,10 @@ class AsyncioLoopThread(LoopThread):
         grace = await self._stop
         await _finalize(state, grace, self._jobs)
 
+    def call_soon(self, callback: Callable[[], object]) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(callback)
+
     def submit(self, job: Job[Any]) -> None:
         loop = self._loop
         assert loop is not None

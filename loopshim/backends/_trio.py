@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 import trio
@@ -135,6 +136,10 @@ class TrioLoopThread(LoopThread):
         with trio.move_on_after(limit):
             while self._jobs:
                 await trio.sleep(_POLL)
+
+    def call_soon(self, callback: Callable[[], object]) -> None:
+        assert self._token is not None
+        self._token.run_sync_soon(callback)
 
     def submit(self, job: Job[Any]) -> None:
         if self.in_loop_thread():
