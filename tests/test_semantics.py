@@ -246,30 +246,35 @@ def _wait_child(pid: int, timeout: float) -> int:
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 @pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:DeprecationWarning")
 def test_runner_used_before_fork_works_in_child(runner: loopshim.LoopRunner) -> None:
-    async def whoami() -> int:
+    async def whoami() -> tuple[int, int]:
         await anyio.sleep(0)
-        return os.getpid()
+        return os.getpid(), threading.get_ident()
 
     parent = os.getpid()
-    assert runner.run(whoami) == parent
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report and leave without returning into pytest
-        code = 1
-        try:
-            answer = runner.run(whoami)
-            os.write(write_end, str(answer).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    assert _wait_child(pid, 30) == 0
-    ready, _, _ = select.select([read_end], [], [], 5)
-    assert ready
-    assert int(os.read(read_end, 64)) == pid
-    os.close(read_end)
-    # The parent's loop was not touched.
-    assert runner.run(whoami) == parent
+    before = runner.run(whoami)
+    assert before[0] == parent
+    children = {}
+    for _ in range(3):  # every child, not just the first
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report and leave without returning into pytest
+            code = 1
+            try:
+                answer = runner.run(whoami)[0]
+                os.write(write_end, str(answer).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        children[pid] = read_end
+    for pid, read_end in children.items():
+        assert _wait_child(pid, 30) == 0
+        ready, _, _ = select.select([read_end], [], [], 5)
+        assert ready
+        assert int(os.read(read_end, 64)) == pid
+        os.close(read_end)
+    # The parent's loop was not touched: same process, same loop thread.
+    assert runner.run(whoami) == before
 
 
 def test_functools_partial_and_async_callable_objects_are_accepted(
