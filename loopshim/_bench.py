@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib
 import importlib.util
 import random
 import statistics
@@ -115,10 +116,15 @@ def _leave_flask_alone(app: Any) -> None:
     return None
 
 
-def _flask_default(stack: contextlib.ExitStack[Any]) -> Prepared:
+def _asgiref(fn: AsyncFn) -> Callable[..., Any]:
     from asgiref.sync import async_to_sync
 
-    return Prepared(async_to_sync, _leave_flask_alone)
+    return async_to_sync(fn)
+
+
+def _flask_default(stack: contextlib.ExitStack[Any]) -> Prepared:
+    # A plain Flask app imports asgiref itself, only when it meets an async view.
+    return Prepared(_asgiref, _leave_flask_alone)
 
 
 def _runs_with(run: Callable[[Callable[[], Awaitable[Any]]], Any]) -> ToSync:
@@ -440,7 +446,7 @@ class Cell:
     def p95_s(self) -> float:
         if len(self.times_ns) < 2:
             return self.times_ns[0] / 1e9
-        return statistics.quantiles(self.times_ns, n=20)[-1] / 1e9
+        return statistics.quantiles(self.times_ns, n=20, method="inclusive")[-1] / 1e9
 
     @property
     def calls(self) -> int:
@@ -512,6 +518,12 @@ def _backend_missing(backend: str) -> str:
     return "not importable here"
 
 
+def _requirements(workload: Workload, contender: Contender) -> tuple[str, ...]:
+    """What a contender needs for a workload: nothing of its own when no async code
+    runs (Flask's default serves a sync view without asgiref)."""
+    return contender.requires if workload.uses_async else ()
+
+
 def plan(settings: Settings) -> BenchResult:
     """The cells to measure, with those that cannot run already marked."""
     contenders = contenders_for(settings.backends, settings.scopes, settings.peers)
@@ -528,8 +540,7 @@ def plan(settings: Settings) -> BenchResult:
             if not workload.uses_async and contender.kind == "peer" and contender.key != BASELINE:
                 continue
             cell = Cell(workload, contender)
-            requires = contender.requires if workload.uses_async else ()
-            missing = _missing(requires)
+            missing = _missing(_requirements(workload, contender))
             if contender.backend is not None and contender.backend not in installed:
                 cell.fail("not installed", _backend_missing(contender.backend))
             elif missing:
@@ -611,20 +622,41 @@ def _no_progress(done: int, total: int, what: str) -> None:
     return None
 
 
+def _import_problem(modules: Sequence[str], cache: dict[str, str]) -> str:
+    """Why one of *modules* cannot be imported ("" if all can): a library that is found
+    but fails to import is as good as not installed."""
+    for module in modules:
+        if module not in cache:
+            try:
+                importlib.import_module(module)
+                cache[module] = ""
+            except ImportError as exc:
+                cache[module] = f"{module} fails to import ({exc}): {install_hint(module)}"
+        if cache[module]:
+            return cache[module]
+    return ""
+
+
 def _prepare(result: BenchResult, stack: contextlib.ExitStack[Any]) -> None:
     """Set every contender up once, then build each cell's call factory."""
     prepared: dict[str, Prepared | BaseException] = {}
+    imports: dict[str, str] = {}
     for cell in result.cells:
         if cell.status != "ok":
+            continue
+        problem = _import_problem(_requirements(cell.workload, cell.contender), imports)
+        if problem:
+            cell.fail("not installed", problem)
             continue
         key = cell.contender.key
         if key not in prepared:
             try:
                 prepared[key] = cell.contender.setup(stack)
-            except Exception as exc:  # BackendUnavailable is an ImportError: not installed
+            except Exception as exc:
                 prepared[key] = exc
         ready = prepared[key]
         if isinstance(ready, BaseException):
+            # BackendUnavailable is an ImportError: the backend's library is missing.
             status: Status = "not installed" if isinstance(ready, ImportError) else "error"
             cell.fail(status, f"set-up failed: {_describe(ready)}")
             continue

@@ -173,7 +173,8 @@ def _workload_heading(result: BenchResult, workload: Workload) -> str:
     threads = f"{settings.threads} caller thread{'s' if settings.threads > 1 else ''}"
     return (
         f"{workload.name}: {workload.description} "
-        f"[{threads}, {budget} per row in {settings.rounds} rounds]"
+        f"[{threads}, {budget} per row in {settings.rounds} "
+        f"round{'s' if settings.rounds > 1 else ''}]"
     )
 
 
