@@ -14,11 +14,17 @@ import importlib
 import importlib.util
 import random
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
+
+if sys.version_info >= (3, 11):
+    from typing import Self
+else:
+    from typing_extensions import Self
 
 from ._registry import BUILTIN_BACKENDS, available_backends, get_runner
 
@@ -595,19 +601,20 @@ class _Callers:
         self._done.wait()
         return self._errors
 
-    def close(self) -> None:
-        self._job = None
-        with contextlib.suppress(threading.BrokenBarrierError):
-            self._start.wait(timeout=5)
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if exc_type is None:  # every thread is waiting for the next job: none comes
+            self._job = None
+            with contextlib.suppress(threading.BrokenBarrierError):
+                self._start.wait(timeout=5)
+        # After an error or Ctrl-C, breaking the barriers ends the threads once their
+        # current batch is over.
         self._start.abort()
         self._done.abort()
         for thread in self._threads:
             thread.join(5)
-
-    def abort(self) -> None:
-        """Break the barriers (after Ctrl-C), so that idle threads end."""
-        self._start.abort()
-        self._done.abort()
 
 
 def _describe(exc: BaseException) -> str:
@@ -731,41 +738,34 @@ def _batch(
     cell.batches.append((round_index, calls_made, wall))
 
 
+def _measure(live: list[Cell], settings: Settings, callers: _Callers, progress: Progress) -> None:
+    calls: dict[tuple[int, int], Callable[[], None]] = {}
+    total = len(live) * (settings.rounds + 1)
+    step = 0
+    for cell in live:
+        progress(step, total, f"warming up {cell.workload.name}: {cell.label}")
+        _warm_up(cell, callers, calls)
+        step += 1
+    for round_index in range(settings.rounds):
+        seconds, count = settings.batch_budget(round_index)
+        for cell in random.sample(live, len(live)):
+            what = f"round {round_index + 1}/{settings.rounds} {cell.workload.name}: {cell.label}"
+            progress(step, total, what)
+            step += 1
+            if cell.status == "ok" and count != 0:
+                _batch(cell, round_index, callers, calls, seconds, count)
+    progress(total, total, "done")
+
+
 def run_bench(settings: Settings, progress: Progress = _no_progress) -> BenchResult:
     """Plan, set up, warm up and measure: each round gives every cell one batch, in a
     fresh random order, so that slow phases of a busy machine hit every cell alike."""
     result = plan(settings)
     started = time.perf_counter()
-    calls: dict[tuple[int, int], Callable[[], None]] = {}
-    callers = _Callers(settings.threads)
-    try:
-        with contextlib.ExitStack() as stack:
-            _prepare(result, stack)
-            live = [c for c in result.cells if c.status == "ok"]
-            total = len(live) * (settings.rounds + 1)
-            step = 0
-            for cell in live:
-                progress(step, total, f"warming up {cell.workload.name}: {cell.label}")
-                _warm_up(cell, callers, calls)
-                step += 1
-            for round_index in range(settings.rounds):
-                seconds, count = settings.batch_budget(round_index)
-                for cell in random.sample(live, len(live)):
-                    progress(
-                        step,
-                        total,
-                        f"round {round_index + 1}/{settings.rounds} "
-                        f"{cell.workload.name}: {cell.label}",
-                    )
-                    step += 1
-                    if cell.status == "ok" and count != 0:
-                        _batch(cell, round_index, callers, calls, seconds, count)
-            progress(total, total, "done")
-            calls.clear()  # release per-thread clients and apps before the loops close
-    except BaseException:
-        callers.abort()
-        raise
-    else:
-        callers.close()
+    with contextlib.ExitStack() as stack:
+        _prepare(result, stack)
+        # Entered last, so left first: the callers stop before the runners close.
+        callers = stack.enter_context(_Callers(settings.threads))
+        _measure([c for c in result.cells if c.status == "ok"], settings, callers, progress)
     result.wall_s = time.perf_counter() - started
     return result
