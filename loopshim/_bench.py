@@ -621,7 +621,8 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".strip().rstrip(":")
 
 
-#: Progress callback: (steps done, steps in all, what runs now).
+#: Progress callback: (batches done, batches in all, what runs now); during the warm-up,
+#: batches done is 0.
 Progress = Callable[[int, int, str], None]
 
 
@@ -740,16 +741,15 @@ def _batch(
 
 def _measure(live: list[Cell], settings: Settings, callers: _Callers, progress: Progress) -> None:
     calls: dict[tuple[int, int], Callable[[], None]] = {}
-    total = len(live) * (settings.rounds + 1)
-    step = 0
-    for cell in live:
-        progress(step, total, f"warming up {cell.workload.name}: {cell.label}")
+    total = len(live) * settings.rounds
+    for index, cell in enumerate(live, 1):
+        progress(0, total, f"warming up {index}/{len(live)}: {cell.workload.name}, {cell.label}")
         _warm_up(cell, callers, calls)
-        step += 1
+    step = 0
     for round_index in range(settings.rounds):
         seconds, count = settings.batch_budget(round_index)
         for cell in random.sample(live, len(live)):
-            what = f"round {round_index + 1}/{settings.rounds} {cell.workload.name}: {cell.label}"
+            what = f"round {round_index + 1}/{settings.rounds}: {cell.workload.name}, {cell.label}"
             progress(step, total, what)
             step += 1
             if cell.status == "ok" and count != 0:

@@ -368,23 +368,26 @@ class TerminalProgress:
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = _isatty(self.stream)
         self.interval = interval
-        self._started = time.monotonic()
-        self._shown = 0.0
+        self._origin = time.monotonic()  # when the first batch began
+        self._shown = -math.inf
         self._drawn = False
 
     def __call__(self, done: int, total: int, what: str) -> None:
         if not self.enabled:
             return
         now = time.monotonic()
+        if done == 0:
+            self._origin = now
         if done >= total:
             self.clear()
             return
         if now - self._shown < self.interval:
             return
         self._shown = now
-        elapsed = now - self._started
-        eta = f", about {elapsed / done * (total - done):.0f} s left" if done else ""
-        line = f"loopshim bench: {done}/{total}{eta} - {what}"
+        # Batches take equal time (--duration) or nearly so (--repeat): extrapolate.
+        left = (now - self._origin) / done * (total - done) if done else None
+        eta = f", about {left:.0f} s left" if left is not None else ""
+        line = f"loopshim bench: {done}/{total} batches{eta} - {what}"
         width = shutil.get_terminal_size((80, 24)).columns - 1
         self.stream.write("\r\x1b[K" + line[:width])
         self.stream.flush()
