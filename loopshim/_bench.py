@@ -51,14 +51,14 @@ CallFactory = Callable[[], Callable[[], None]]
 #: The contender every ratio is relative to: Flask's default, asgiref's async_to_sync.
 BASELINE: Final = "flask-default"
 
-#: Which ``pip install`` installs a module the benchmark may need.
+#: Which loopshim extra installs a module the benchmark may need: the registry's
+#: install hints for the backends' libraries, and the ``bench`` and ``flask`` extras.
 _EXTRA_OF_MODULE: Final[dict[str, str]] = {
     "asgiref": "bench",
     "anyio": "bench",
     "flask": "flask",
     "matplotlib": "bench",
-    "trio": "trio",
-    "uvloop": "uvloop",
+    **{b.requires: b.extra for b in BUILTIN_BACKENDS.values() if b.requires and b.extra},
 }
 
 #: Warm-up per cell and caller thread: at least one call, then up to this many calls
@@ -68,7 +68,7 @@ _WARMUP_SECONDS: Final = 0.1
 
 
 class BenchError(Exception):
-    """A contender gave a wrong answer, or could not be set up."""
+    """A contender gave a wrong answer."""
 
 
 def install_hint(module: str) -> str:
@@ -410,7 +410,7 @@ class Settings:
     peers: bool = True
     duration: float | None = 0.5  # seconds per cell, spread over the rounds
     repeat: int | None = None  # or: calls per cell and caller thread
-    rounds: int = 5
+    rounds: int = 50
     threads: int = 1
 
     def batch_budget(self, round_index: int) -> tuple[float | None, int | None]:

@@ -258,7 +258,12 @@ def _bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         help="calls per row and caller thread, spread over the rounds (instead of --duration)",
     )
     bench.add_argument(
-        "--rounds", type=_count(1, 1000), default=5, metavar="N", help="rounds (default 5)"
+        "--rounds",
+        type=_count(1, 1000),
+        default=50,
+        metavar="N",
+        help="interleaved rounds: each gives every row one batch (default 50; many short "
+        "batches spread every row over the whole run, so that busy phases hit all alike)",
     )
     bench.add_argument(
         "--threads",
