@@ -313,7 +313,7 @@ def write_plot(result: BenchResult, path: Path) -> None:
     axes = figure.subplots(len(panels), 1, squeeze=False, height_ratios=heights)[:, 0]
     for ax, (name, cells) in zip(axes, panels, strict=True):
         _draw_panel(ax, result, name, cells)
-    _legend(axes[0])
+    _legend(figure)
     figure.suptitle(f"loopshim bench: {describe_machine()}", fontsize=10)
     figure.savefig(path, dpi=110)
 
@@ -321,12 +321,16 @@ def write_plot(result: BenchResult, path: Path) -> None:
 _COLOURS: Final = {"loopshim": "#3b75af", "peer": "#9a9a9a", "baseline": "#d9822b"}
 
 
-def _legend(ax: Any) -> None:
+def _legend(figure: Any) -> None:
     from matplotlib.patches import Patch
 
-    labels = {"loopshim": "loopshim", "peer": "peers", "baseline": "Flask default"}
+    labels = {
+        "loopshim": "loopshim",
+        "peer": "peers",
+        "baseline": "Flask default (speed-ups, right, are relative to it)",
+    }
     handles = [Patch(color=_COLOURS[key], label=text) for key, text in labels.items()]
-    ax.legend(handles=handles, loc="lower right", fontsize=7)
+    figure.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8)
 
 
 def _draw_panel(ax: Any, result: BenchResult, name: str, cells: list[Cell]) -> None:
@@ -339,22 +343,19 @@ def _draw_panel(ax: Any, result: BenchResult, name: str, cells: list[Cell]) -> N
     ]
     positions = list(range(len(cells)))
     ax.barh(positions, medians, color=colours)
-    ax.plot([c.p95_s * scale for c in cells], positions, "k|", markersize=9, label="p95")
+    # A linear axis from 0, so that bar lengths compare as the times do; a p95 far
+    # beyond the slowest median falls outside it and is not drawn.
+    ax.set_xlim(0, max(medians) * 1.3)
+    ax.plot([c.p95_s * scale for c in cells], positions, "k|", markersize=9, clip_on=True)
     ax.set_yticks(positions, [c.label for c in cells], fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel(f"median per call ({unit}, log scale); | = p95", fontsize=8)
+    ax.set_xlabel(f"median per call ({unit}); | = p95 (when within the axis)", fontsize=8)
     ax.set_title(f"{name}: {cells[0].workload.description}", fontsize=9, loc="left")
-    for position, cell, median in zip(positions, cells, medians, strict=True):
+    # The speed-ups in a column at the right edge, clear of the bars and ticks.
+    axis_end = max(medians) * 1.3
+    for position, cell in zip(positions, cells, strict=True):
         speedup = result.speedup(cell)
         if speedup is not None:
-            ax.annotate(
-                f" {speedup:.1f}x",
-                (median, position),
-                va="center",
-                fontsize=7,
-                xytext=(2, 0),
-                textcoords="offset points",
-            )
+            ax.text(axis_end, position, f"{speedup:.1f}x ", ha="right", va="center", fontsize=7)
 
 
 # --- progress ---------------------------------------------------------------------
