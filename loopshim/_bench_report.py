@@ -1,4 +1,4 @@
-"""What ``loopshim bench`` shows: the table, the targets of DESIGN.md checked as ratios,
+"""What ``loopshim bench`` shows: the table, loopshim's performance targets checked as ratios,
 the JSON document, the plot, and the progress line on a terminal."""
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def describe_machine() -> str:
 
 @dataclass(frozen=True)
 class Target:
-    """One target of DESIGN.md, checked as a ratio measured in this run."""
+    """One of loopshim's performance targets, checked as a ratio measured in this run."""
 
     text: str
     ok: bool
@@ -142,7 +142,7 @@ def _fanout_targets(result: BenchResult) -> list[Target]:
 
 
 def check_targets(result: BenchResult) -> list[Target]:
-    """DESIGN.md's performance targets that this run measured both sides of."""
+    """The performance targets that this run measured both sides of."""
     targets: list[Target] = []
     for backend in _RUN_PEER:
         targets.extend(_per_call_targets(result, backend))
@@ -222,7 +222,7 @@ def format_table(result: BenchResult, targets: list[Target]) -> str:
             lines.append("  (no speed-up: Flask's default was not measured)")
     if targets:
         lines.append("")
-        lines.append("Targets (DESIGN.md), as ratios measured in this run:")
+        lines.append("loopshim's performance targets, as ratios measured in this run:")
         lines.extend(f"  [{'PASS' if t.ok else 'FAIL'}] {t.text}: {t.measured}" for t in targets)
     lines.append("")
     lines.append(f"wall time {result.wall_s:.1f} s")

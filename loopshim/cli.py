@@ -279,7 +279,7 @@ def _bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     bench.add_argument(
         "--check",
         action="store_true",
-        help="exit with status 1 if a performance target of DESIGN.md is missed",
+        help="exit with status 1 if one of loopshim's performance targets is missed",
     )
     bench.set_defaults(handler=_bench, parser=bench)
 

@@ -374,8 +374,9 @@ def test_bench_usage_errors_exit_2_with_the_valid_values(args: list[str], messag
     assert done.stdout == ""
 
 
-def test_an_unknown_backend_error_lists_every_backend() -> None:
-    done = loopshim_cmd("bench", "--backends", "nosuchloop")
+@pytest.mark.parametrize("args", [["bench", "--backends"], ["info", "--backend"]])
+def test_an_unknown_backend_error_lists_every_backend(args: list[str]) -> None:
+    done = loopshim_cmd(*args, "nosuchloop")
     assert done.returncode == 2
     assert f"the backends are: {', '.join(BUILTIN_BACKENDS)}." in done.stderr
 
