@@ -167,7 +167,7 @@ def format_seconds(seconds: float) -> str:
 def _workload_heading(result: BenchResult, workload: Workload) -> str:
     settings = result.settings
     if settings.repeat is not None:
-        budget = f"{settings.repeat} calls per caller thread"
+        budget = f"{settings.repeat} call{'s' if settings.repeat > 1 else ''} per caller thread"
     else:
         budget = f"{settings.duration:g} s"
     threads = f"{settings.threads} caller thread{'s' if settings.threads > 1 else ''}"
