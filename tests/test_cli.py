@@ -1,0 +1,422 @@
+"""The ``loopshim`` command, through its real entry points: the installed console script
+and ``python -m loopshim``, each in a subprocess."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import loopshim
+from loopshim._bench import PEERS, WORKLOADS
+from loopshim._bench_report import TerminalProgress
+from loopshim._registry import BUILTIN_BACKENDS
+
+SCRIPT = Path(sys.executable).parent / ("loopshim.exe" if os.name == "nt" else "loopshim")
+ENTRY_POINTS = {"script": [str(SCRIPT)], "module": [sys.executable, "-m", "loopshim"]}
+OPTIONAL = ("flask", "asgiref", "anyio", "matplotlib", "trio", "uvloop")
+
+#: The fields README.md documents for `loopshim bench --json`.
+TOP_FIELDS = {
+    "schema",
+    "command",
+    "started",
+    "wall_s",
+    "machine",
+    "versions",
+    "settings",
+    "baseline",
+    "workloads",
+    "results",
+    "targets",
+}
+RESULT_FIELDS = {
+    "workload",
+    "contender",
+    "label",
+    "kind",
+    "backend",
+    "scope",
+    "status",
+    "detail",
+    "calls",
+    "elapsed_s",
+    "median_s",
+    "p95_s",
+    "calls_per_s",
+    "speedup_vs_flask_default",
+    "batches",
+    "times_ns",
+}
+
+
+def loopshim_cmd(
+    *args: str, entry: str = "script", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != "LOOPSHIM_BACKEND"}
+    environ.update(env or {})
+    return subprocess.run(
+        [*ENTRY_POINTS[entry], *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environ,
+    )
+
+
+def with_hidden_modules(
+    hidden: tuple[str, ...], *args: str, pythonpath: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the command in an interpreter where *hidden* cannot be found (as if not
+    installed); with *pythonpath*, a directory put first on the import path."""
+    code = (
+        "import sys\n"
+        f"for name in {hidden!r}: sys.modules[name] = None\n"
+        "from loopshim.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    environ = {k: v for k, v in os.environ.items() if k != "LOOPSHIM_BACKEND"}
+    if pythonpath is not None:
+        environ["PYTHONPATH"] = os.pathsep.join([str(pythonpath), environ.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environ,
+    )
+
+
+# --- info -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+def test_info_lists_backends_versions_and_the_default(entry: str) -> None:
+    done = loopshim_cmd("info", entry=entry)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert f"loopshim {loopshim.__version__}" in out
+    assert f"{sys.version_info.major}.{sys.version_info.minor}" in out
+    for name in loopshim.available_backends():
+        assert any(line.split()[:2] == [name, "installed"] for line in out.splitlines())
+    if "trio" in loopshim.available_backends():
+        import trio
+
+        assert f"trio {trio.__version__}" in out
+    assert "backend  asyncio  (fallback: $LOOPSHIM_BACKEND is not set)" in out
+    assert "scope    process  (fallback" in out
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "expected"),
+    [
+        ({"LOOPSHIM_BACKEND": "asyncio"}, [], "backend  asyncio  (from $LOOPSHIM_BACKEND)"),
+        ({"LOOPSHIM_BACKEND": "asyncio"}, ["--backend", "asyncio"], "(from --backend)"),
+        ({}, ["--scope", "thread"], "scope    thread  (from --scope)"),
+    ],
+)
+def test_info_says_why_a_backend_and_scope_are_selected(
+    env: dict[str, str], args: list[str], expected: str
+) -> None:
+    done = loopshim_cmd("info", *args, env=env)
+    assert done.returncode == 0, done.stderr
+    assert expected in done.stdout
+
+
+def test_info_fails_for_an_unknown_backend_in_the_environment() -> None:
+    done = loopshim_cmd("info", env={"LOOPSHIM_BACKEND": "nosuchloop"})
+    assert done.returncode == 1
+    assert "backend  nosuchloop  (from $LOOPSHIM_BACKEND)" in done.stdout
+    assert "cannot be used: unknown backend; the backends are asyncio, uvloop, trio" in done.stdout
+
+
+def test_info_tells_what_to_install_for_a_missing_backend() -> None:
+    done = with_hidden_modules(("trio",), "info", "--backend", "trio")
+    assert done.returncode == 1
+    assert any(
+        line.split()[:3] == ["trio", "not", "installed"] for line in done.stdout.splitlines()
+    )
+    assert 'trio     pip install "loopshim[trio]"' in done.stdout
+    assert "cannot be used: not installed" in done.stdout
+
+
+# --- bench: output ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bench_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
+    """One short run with every peer, two scopes, a coroutine and a Flask workload."""
+    pytest.importorskip("flask")
+    pytest.importorskip("matplotlib")
+    tmp = tmp_path_factory.mktemp("bench")
+    report, plot = tmp / "bench.json", tmp / "bench.png"
+    done = loopshim_cmd(
+        "bench",
+        "--backends=asyncio",
+        "--scopes=thread,process",
+        "--workloads",
+        "noop",
+        "--workloads",
+        "flask-async",
+        "--duration=0.02",
+        "--rounds=2",
+        f"--json={report}",
+        f"--plot={plot}",
+        entry="module",
+    )
+    return done, report, plot
+
+
+def test_bench_prints_a_table_per_workload(
+    bench_run: tuple[subprocess.CompletedProcess[str], Path, Path],
+) -> None:
+    done, _, _ = bench_run
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # no progress display when stderr is not a terminal
+    out = done.stdout
+    sections = {line.split(":")[0]: line for line in out.splitlines() if line and line[0] != " "}
+    assert {"noop", "flask-async"} <= set(sections)
+    assert "checkpoints" not in sections
+    headers = [line.split() for line in out.splitlines() if line.strip().startswith("contender")]
+    assert headers == [["contender", "median", "p95", "calls/s", "speed-up"]] * 2
+    for label in ["loopshim asyncio thread", "loopshim asyncio process"] + [p.label for p in PEERS]:
+        assert out.count(f"  {label} ") == 2, label
+    baseline_rows = [line for line in out.splitlines() if "Flask default (asgiref)" in line]
+    assert all(line.rstrip().endswith("1.00x") for line in baseline_rows)
+
+
+def test_bench_json_has_every_documented_field(
+    bench_run: tuple[subprocess.CompletedProcess[str], Path, Path],
+) -> None:
+    done, report, _ = bench_run
+    assert done.returncode == 0, done.stderr
+    document = json.loads(report.read_text())
+    assert set(document) == TOP_FIELDS
+    assert document["schema"] == 1
+    assert document["baseline"] == "flask-default"
+    assert document["command"][:2] == ["loopshim", "bench"]
+    assert document["machine"]["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert document["versions"]["loopshim"] == loopshim.__version__
+    assert document["settings"]["workloads"] == ["noop", "flask-async"]
+    assert document["settings"]["scopes"] == ["thread", "process"]
+    assert document["settings"]["duration"] == 0.02
+    results = document["results"]
+    keys = {(r["workload"], r["contender"]) for r in results}
+    contenders = ["loopshim-asyncio-thread", "loopshim-asyncio-process"] + [p.key for p in PEERS]
+    assert keys == {(w, c) for w in ("noop", "flask-async") for c in contenders}
+    for result in results:
+        assert set(result) == RESULT_FIELDS
+        if result["status"] != "ok":
+            assert result["status"] == "not installed", result
+            continue
+        times = result["times_ns"]
+        assert result["calls"] == len(times) > 0
+        assert all(isinstance(t, int) and t > 0 for t in times)
+        assert [b["round"] for b in result["batches"]] == [0, 1]
+        assert sum(b["calls"] for b in result["batches"]) == len(times)
+        assert min(times) / 1e9 <= result["median_s"] <= result["p95_s"] <= max(times) / 1e9
+    by_key = {(r["workload"], r["contender"]): r for r in results}
+    for workload in ("noop", "flask-async"):
+        base = by_key[workload, "flask-default"]
+        shim = by_key[workload, "loopshim-asyncio-thread"]
+        assert base["speedup_vs_flask_default"] == 1.0
+        assert shim["speedup_vs_flask_default"] == pytest.approx(
+            base["median_s"] / shim["median_s"]
+        )
+    assert all(set(t) == {"text", "ok", "measured"} for t in document["targets"])
+
+
+def test_bench_plot_is_a_png_drawn_by_matplotlib(
+    bench_run: tuple[subprocess.CompletedProcess[str], Path, Path],
+) -> None:
+    done, _, plot = bench_run
+    assert done.returncode == 0, done.stderr
+    data = plot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(data) > 20_000  # bars, labels and text: far more than an empty canvas
+    assert f"wrote {plot}" in done.stdout
+
+
+def test_bench_repeat_and_threads_make_that_many_calls(tmp_path: Path) -> None:
+    report = tmp_path / "bench.json"
+    done = loopshim_cmd(
+        "bench",
+        "--backends",
+        "asyncio",
+        "--workloads",
+        "noop",
+        "--no-peers",
+        "--repeat",
+        "3",
+        "--rounds",
+        "2",
+        "--threads",
+        "2",
+        "--json",
+        str(report),
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads(report.read_text())["results"]
+    assert {r["contender"] for r in results} == {
+        "loopshim-asyncio-process",
+        "loopshim-asyncio-thread",
+        "loopshim-asyncio-call",
+        "flask-default",  # kept by --no-peers: the speed-ups are relative to it
+    }
+    for result in results:
+        assert result["calls"] == 2 * 3, result["contender"]  # 2 threads x 3 calls
+        assert [b["calls"] for b in result["batches"]] == [2 * 2, 2 * 1]
+
+
+# --- bench: what is not installed ---------------------------------------------------
+
+
+def _hidden_bench(
+    hidden: tuple[str, ...], tmp_path: Path, *args: str, pythonpath: Path | None = None
+) -> tuple[str, dict[str, Any]]:
+    report = tmp_path / "bench.json"
+    done = with_hidden_modules(
+        hidden,
+        "bench",
+        "--duration=0.01",
+        "--rounds=1",
+        f"--json={report}",
+        *args,
+        pythonpath=pythonpath,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout, json.loads(report.read_text())
+
+
+def _broken_trio(tmp_path: Path) -> Path:
+    """A directory with a 'trio' package that is found but fails to import."""
+    package = tmp_path / "fake" / "trio"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('this trio is broken')\n")
+    return package.parent
+
+
+@pytest.mark.parametrize("how", ["absent", "broken"])
+def test_bench_reports_a_missing_backend_as_not_installed(tmp_path: Path, how: str) -> None:
+    hidden = ("trio",) if how == "absent" else ()
+    pythonpath = _broken_trio(tmp_path) if how == "broken" else None
+    out, document = _hidden_bench(
+        hidden,
+        tmp_path,
+        "--backends=asyncio,trio",
+        "--scopes=thread",
+        "--workloads=noop",
+        pythonpath=pythonpath,
+    )
+    by_key = {r["contender"]: r for r in document["results"]}
+    for key in ("loopshim-trio-thread", "trio.run", "anyio-portal-trio"):
+        assert by_key[key]["status"] == "not installed", by_key[key]
+        assert by_key[key]["calls"] == 0
+    assert by_key["loopshim-asyncio-thread"]["status"] == "ok"
+    trio_row = next(line for line in out.splitlines() if "loopshim trio thread" in line)
+    assert "not installed" in trio_row
+    if how == "absent":
+        assert 'pip install "loopshim[trio]"' in trio_row
+    else:
+        assert "this trio is broken" in trio_row
+
+
+def test_bench_skips_a_workload_whose_library_is_missing(tmp_path: Path) -> None:
+    out, document = _hidden_bench(
+        ("flask",), tmp_path, "--backends=asyncio", "--scopes=call", "--workloads=noop,flask-sync"
+    )
+    assert document["workloads"]["flask-sync"]["skipped"] == (
+        'needs flask: pip install "loopshim[flask]"'
+    )
+    assert document["workloads"]["noop"]["skipped"] is None
+    assert {r["workload"] for r in document["results"]} == {"noop"}
+    assert 'not run: needs flask: pip install "loopshim[flask]"' in out
+
+
+# --- bench: usage errors ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--backends", "asyncio,nosuchloop"], "unknown backend 'nosuchloop'; the backends are: "),
+        (["--scopes", "proces"], "the scopes are: process, thread, call. Did you mean 'process'?"),
+        (["--workloads", "nop"], "the workloads are: " + ", ".join(WORKLOADS)),
+        (["--backends", ","], "give at least one backend"),
+        (["--duration", "0"], "--duration: must be greater than 0"),
+        (["--duration", "-1"], "--duration: must be greater than 0"),
+        (["--duration", "nan"], "--duration: must be greater than 0"),
+        (["--duration", "soon"], "--duration: expected a number of seconds, got 'soon'"),
+        (["--repeat", "0"], "--repeat: must be at least 1, got 0"),
+        (["--rounds", "0"], "--rounds: must be at least 1 and at most 1000, got 0"),
+        (["--threads", "0"], "--threads: must be at least 1 and at most 256, got 0"),
+        (["--threads", "2.5"], "--threads: expected a whole number, got '2.5'"),
+        (["--duration", "1", "--repeat", "3"], "not allowed with argument --duration"),
+        (["--plot", "bench.txt"], "the file name must end in .png, .svg, .pdf"),
+        (
+            ["--json", "/nonexistent-dir/bench.json"],
+            "the directory /nonexistent-dir does not exist",
+        ),
+    ],
+)
+def test_bench_usage_errors_exit_2_with_the_valid_values(args: list[str], message: str) -> None:
+    done = loopshim_cmd("bench", *args)
+    assert done.returncode == 2, done.stdout
+    assert message in done.stderr
+    assert done.stdout == ""
+
+
+@pytest.mark.parametrize("args", [["bench", "--backends"], ["info", "--backend"]])
+def test_an_unknown_backend_error_lists_every_backend(args: list[str]) -> None:
+    done = loopshim_cmd(*args, "nosuchloop")
+    assert done.returncode == 2
+    assert f"the backends are: {', '.join(BUILTIN_BACKENDS)}." in done.stderr
+
+
+def test_the_plot_needs_matplotlib(tmp_path: Path) -> None:
+    done = with_hidden_modules(("matplotlib",), "bench", f"--plot={tmp_path / 'bench.png'}")
+    assert done.returncode == 2
+    assert 'needs matplotlib, which is not installed: pip install "loopshim[bench]"' in done.stderr
+
+
+# --- the rest ---------------------------------------------------------------------
+
+
+def test_the_command_imports_no_optional_library() -> None:
+    code = (
+        "import sys\n"
+        "import loopshim.cli, loopshim._bench, loopshim._bench_report, loopshim._info\n"
+        "loopshim.cli.build_parser()\n"
+        f"print(sorted(m for m in {OPTIONAL!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("stream", "shown"), [(_Terminal(), True), (io.StringIO(), False)])
+def test_progress_is_shown_on_a_terminal_only(stream: io.StringIO, shown: bool) -> None:
+    progress = TerminalProgress(stream, interval=0)
+    progress(0, 4, "warming up noop: loopshim asyncio thread")
+    progress(2, 4, "round 1/1 noop: asyncio.run")
+    if shown:
+        assert "2/4" in stream.getvalue()
+        assert "round 1/1 noop: asyncio.run" in stream.getvalue()
+    else:
+        assert stream.getvalue() == ""
+    progress(4, 4, "done")
+    assert stream.getvalue().endswith("\r\x1b[K") is shown  # the line is cleared at the end
