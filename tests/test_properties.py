@@ -4,6 +4,8 @@ exception, a hang, or a silently ignored option."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 from typing import Any
 
@@ -50,7 +52,7 @@ def seconds(value: Any, *, zero_ok: bool) -> bool:
     return math.isfinite(value) and (value >= 0 if zero_ok else value > 0)
 
 
-def attempt(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, loopshim.LoopshimError | None]:
+def attempt(fn: Any, /, *args: Any, **kwargs: Any) -> tuple[Any, loopshim.LoopshimError | None]:
     """``fn(*args, **kwargs)``, and the LoopshimError it raised, if any (others propagate)."""
     try:
         return fn(*args, **kwargs), None
@@ -113,3 +115,61 @@ def test_loopshim_config_accepts_or_explains(name: Any, scope: Any, opts: Any) -
     check_accepted(scope, opts)
     expected = name if name is not None else default_backend()[0]
     assert LoopShim.runner(app).name == expected
+
+
+cli_words = st.one_of(
+    st.sampled_from(["asyncio", "uvloop", "trio", "process", "thread", "call", "noop", "fanout"]),
+    st.text(max_size=10),
+    st.floats(allow_nan=True, allow_infinity=True).map(str),
+    st.integers(min_value=-5, max_value=10**4).map(str),
+)
+bench_options = st.sampled_from(
+    ["--backends", "--scopes", "--workloads", "--duration", "--repeat", "--threads", "--rounds"]
+)
+
+
+def call_cli(fn: Any, argv: list[str]) -> tuple[Any, int | None, str, str]:
+    """``fn(argv)`` with output captured: (result, SystemExit code or None, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            return fn(argv), None, out.getvalue(), err.getvalue()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else -1
+    return None, code, out.getvalue(), err.getvalue()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(bench_options, cli_words), max_size=4))
+def test_bench_arguments_are_accepted_or_a_usage_error(pairs: list[tuple[str, str]]) -> None:
+    """Parsing only: whatever is accepted is valid, the rest exits 2 with a message."""
+    from loopshim.cli import build_parser
+
+    argv = ["bench"] + [f"{option}={value}" for option, value in pairs]
+    args, code, _, err = call_cli(build_parser().parse_args, argv)
+    if code is not None:
+        assert code == 2
+        assert "error:" in err
+        return
+    backends = [name for group in args.backends or [] for name in group]
+    assert set(backends) <= {"asyncio", "uvloop", "trio", *loopshim.available_backends()}
+    scopes = [name for group in args.scopes or [] for name in group]
+    assert set(scopes) <= {"process", "thread", "call"}
+    if args.duration is not None:
+        assert 0 < args.duration <= 3600
+    if args.threads is not None:
+        assert args.threads >= 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(backend=cli_words)
+def test_info_with_any_backend_answers(backend: str) -> None:
+    from loopshim.cli import main
+
+    result, code, out, err = call_cli(main, ["info", f"--backend={backend}"])
+    if code is not None:
+        assert code == 2
+        assert "error:" in err
+        return
+    assert result in (0, 1)
+    assert backend.strip() in out
