@@ -242,7 +242,9 @@ def _settle_future(job: Job[Any]) -> None:
     future = job.future
     assert future is not None
     error = job.error
-    if error is not None and job.cancel_reason is None:
+    # GeneratorExit: a loop abandoned with the task pending (its thread died) is being
+    # garbage-collected; the future already holds RunnerClosed.
+    if error is not None and job.cancel_reason is None and not isinstance(error, GeneratorExit):
         logger.error("background task %s failed", job.label, exc_info=error)
     # Another thread may cancel the future at any moment, so every settling step may
     # find it already done; that must never raise on the loop.
