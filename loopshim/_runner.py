@@ -22,6 +22,7 @@ import logging
 import os
 import sys
 import threading
+import types
 from asyncio import _get_running_loop
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -118,6 +119,7 @@ class Job(Generic[T_co]):
         "handling",
         "kwargs",
         "lock",
+        "origin",
         "result",
         "timed_out",
         "timeout",
@@ -132,12 +134,15 @@ class Job(Generic[T_co]):
         handling: BaseException | None,
         timeout: float | None,
         lock: threading.Lock | None,
+        origin: contextvars.Context | None = None,
     ) -> None:
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
         #: The context the coroutine starts from (a copy of the caller's).
         self.context = context
+        #: The caller's context as it was when the call began (calls, not spawns).
+        self.origin = origin
         #: The exception the caller was handling, re-raised around the coroutine.
         self.handling = handling
         self.timeout = timeout
@@ -218,7 +223,9 @@ class Job(Generic[T_co]):
     def outcome(self) -> T_co:
         """In the caller: copy the context back, then return the result or raise."""
         final = self.final_context
-        if final is not None:
+        # Equal contexts share their mapping, so this is one comparison when the
+        # coroutine set nothing, the common case.
+        if final is not None and final != self.origin:
             _copy_back(final)
         error = self.error
         if error is not None:
@@ -312,8 +319,12 @@ def running_loop_library() -> str | None:
     """The async library running a loop in this thread right now, if any."""
     if _get_running_loop() is not None:
         return "asyncio"
-    trio = sys.modules.get("trio")
-    if trio is not None and trio.lowlevel.in_trio_task():
+    # trio marks every run (trio.run, guest mode, loopshim's driver) in sniffio's
+    # thread-local for its whole duration; reading that is much cheaper than
+    # trio.lowlevel.in_trio_task(), which raises and catches an AttributeError
+    # whenever the answer is no.
+    sniffio = sys.modules.get("sniffio") if "trio" in sys.modules else None
+    if sniffio is not None and sniffio.thread_local.name == "trio":
         return "trio"
     return None
 
@@ -511,7 +522,8 @@ def _new_job(
     timeout: float | None,
     lock: threading.Lock | None,
 ) -> Job[Any]:
-    return Job(fn, args, kwargs, contextvars.copy_context(), sys.exc_info()[1], timeout, lock)
+    origin = contextvars.copy_context()
+    return Job(fn, args, kwargs, origin.copy(), sys.exc_info()[1], timeout, lock, origin)
 
 
 class _Scope(abc.ABC):
@@ -655,7 +667,9 @@ class _ThreadScope(_Scope):
         return loop
 
     def call(self, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any) -> Any:
-        _check_not_in_loop("run()")
+        library = running_loop_library()
+        if library is not None:
+            raise reentrant_error(library, "run()")
         loop: DrivenLoop | None = getattr(self._local, "loop", None)
         if loop is None or loop.closed:
             loop = self._open()
@@ -868,6 +882,64 @@ class Runner:
         extra = self._scope.backend.describe()
         details = f"scope={self.scope} {state}" + (f", {extra}" if extra else "")
         return f"<loopshim.Runner {self.name} {details}>"
+
+
+#: Markers that make inspect / asyncio treat an object as a coroutine function; a
+#: synchronous caller must never expose them.
+_COROUTINE_MARKERS: Final = frozenset({"_is_coroutine_marker", "_is_coroutine"})
+#: Attributes of the async function a :class:`SyncCall` reads through, as
+#: :func:`functools.wraps` would have copied them (``__doc__`` and ``__module__`` are
+#: properties, since every class defines them).
+_READ_THROUGH: Final = frozenset({"__name__", "__qualname__", "__annotations__"})
+
+
+class SyncCall:
+    # A synchronous callable that runs an async function on a runner: what
+    # sync_caller() returns. Far cheaper to make than Runner.wrap's function (Flask asks
+    # for one on every request), because the async function's metadata is read through
+    # on demand rather than copied: its name, qualified name, docstring, module and
+    # annotations, the attributes in its __dict__, and __wrapped__ (so inspect.signature
+    # shows its signature). Unlike a function, it does not bind as a method.
+
+    __slots__ = ("__wrapped__", "_call")
+
+    def __init__(self, call: Callable[..., Any], fn: Callable[..., Awaitable[Any]]) -> None:
+        self._call = call
+        self.__wrapped__ = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(self.__wrapped__, args, kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        fn = self.__wrapped__
+        if name in _READ_THROUGH:
+            return getattr(fn, name)
+        own = getattr(fn, "__dict__", None)
+        if own is not None and name in own and name not in _COROUTINE_MARKERS:
+            return own[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def __doc__(self) -> str | None:  # type: ignore[override]
+        return getattr(self.__wrapped__, "__doc__", None)
+
+    @property
+    def __module__(self) -> str | None:  # type: ignore[override]
+        return getattr(self.__wrapped__, "__module__", None)
+
+    def __repr__(self) -> str:
+        return f"<loopshim sync caller for {self.__wrapped__!r}>"
+
+
+def sync_caller(runner: LoopRunner, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+    """A synchronous callable running *fn* on *runner*: a :class:`SyncCall` for
+    loopshim's own runners, ``runner.wrap(fn)`` for any other :class:`LoopRunner`."""
+    if not isinstance(runner, Runner):
+        return runner.wrap(fn)
+    # A plain ``async def`` function passes without inspect's general checks.
+    if not (type(fn) is types.FunctionType and fn.__code__.co_flags & inspect.CO_COROUTINE):
+        check_async_callable(fn, "async_to_sync")
+    return SyncCall(runner._scope.call, fn)
 
 
 def _close_all_at_exit() -> None:

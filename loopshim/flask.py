@@ -31,7 +31,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 from ._ensure_sync import isolate_requests
 from ._errors import OptionError
 from ._registry import get_runner
-from ._runner import LoopRunner, is_async_callable
+from ._runner import LoopRunner, is_async_callable, sync_caller
 
 __all__ = ["LoopShim", "copy_current_request_context"]
 
@@ -66,7 +66,8 @@ class _AppState:
         self.backend = self.runner.name
 
     def async_to_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        return self.runner.wrap(func)
+        # Flask calls this on every request, for every async view and hook.
+        return sync_caller(self.runner, func)
 
 
 def _state(app: flask.Flask) -> _AppState:

@@ -4,8 +4,11 @@ factory (never the deprecated event-loop policy)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import sys
+import threading
+from asyncio import events
 from collections.abc import Callable
 from typing import Any
 
@@ -93,15 +96,32 @@ async def _finalize(state: LoopState, grace: float, jobs: set[Job[Any]] | None =
         await loop.shutdown_default_executor()
 
 
-class AsyncioDrivenLoop(DrivenLoop):
-    """A loop driven in the calling thread, one call at a time."""
+def drives_directly(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether :class:`AsyncioDrivenLoop` may drive *loop* itself rather than through
+    ``run_until_complete``: a loop whose running machinery is asyncio's own
+    ``BaseEventLoop`` (the standard selector loop and subclasses that keep it; not
+    uvloop, not the Windows proactor loop)."""
+    base = asyncio.BaseEventLoop
+    cls = type(loop)
+    return (
+        isinstance(loop, base)
+        and all(
+            getattr(cls, name, None) is getattr(base, name, None)
+            for name in ("run_forever", "run_until_complete", "_run_once")
+        )
+        and isinstance(getattr(loop, "_ready", None), collections.deque)
+    )
 
-    def __init__(self, factory: LoopFactory, options: CommonOptions) -> None:
+
+class AsyncioDrivenLoop(DrivenLoop):
+    """A loop driven in the calling thread, one call at a time, with
+    ``run_until_complete``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
-        self._loop = factory()
-        self._loop.set_debug(options.debug)
+        self._loop = loop
         self._state = LoopState()
-        self._state.attach(self._loop)
+        self._state.attach(loop)
 
     def run_job(self, job: Job[Any]) -> None:
         loop = self._loop
@@ -123,6 +143,105 @@ class AsyncioDrivenLoop(DrivenLoop):
         finally:
             self._state.detach()
             self._loop.close()
+
+
+class DirectlyDrivenLoop(AsyncioDrivenLoop):
+    """A loop that :func:`drives_directly` accepts, driven without
+    ``run_until_complete``.
+
+    That is what ``run_until_complete`` does, minus what a call never needs: no done
+    callback to stop the loop, and no I/O poll before the task's first step or after its
+    last one. A call that never waits costs one pass over the ready callbacks; one that
+    waits runs full loop iterations (I/O, timers) until it is done.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        base: Any = loop
+        self._hooks = (base._asyncgen_firstiter_hook, base._asyncgen_finalizer_hook)
+
+    def run_job(self, job: Job[Any]) -> None:
+        loop: Any = self._loop
+        outer = _enter_running(loop, self._hooks)
+        try:
+            if loop._task_factory is not None:
+                _start(loop, job, None)
+            elif sys.version_info >= (3, 12):
+                # Eager: a call that never waits is done when the task is made.
+                job.handle = asyncio.Task(
+                    _execute(job, None), loop=loop, context=job.context, eager_start=True
+                )
+            elif sys.version_info >= (3, 11):
+                job.handle = asyncio.Task(_execute(job, None), loop=loop, context=job.context)
+            else:
+                job.handle = job.context.run(asyncio.Task, _execute(job, None), loop=loop)
+            try:
+                ready = loop._ready
+                if not job.done:  # what was queued first, then the task's first step
+                    for _ in range(len(ready)):
+                        handle = ready.popleft()
+                        if not handle._cancelled:
+                            handle._run()
+                while not job.done:
+                    if loop._stopping:
+                        raise RuntimeError("Event loop stopped before the call finished.")
+                    loop._run_once()
+                if ready:
+                    _run_ready(ready)  # callbacks the call's last step scheduled
+            except BaseException:
+                if not job.done:
+                    job.cancel_reason = "interrupted"
+                    job.handle.cancel()
+                    while not job.done:
+                        loop._run_once()
+                raise
+        finally:
+            _leave_running(loop, outer)
+
+
+def open_driven_loop(factory: LoopFactory, options: CommonOptions) -> AsyncioDrivenLoop:
+    """A new loop from *factory*, driven directly when it can be (never in debug mode,
+    where ``run_until_complete`` times slow callbacks)."""
+    loop = factory()
+    loop.set_debug(options.debug)
+    if not options.debug and drives_directly(loop):
+        return DirectlyDrivenLoop(loop)
+    return AsyncioDrivenLoop(loop)
+
+
+def _run_ready(ready: collections.deque[Any]) -> None:
+    """One pass over the callbacks queued now, in order, as a loop iteration runs them."""
+    for _ in range(len(ready)):
+        handle = ready.popleft()
+        if not handle._cancelled:
+            handle._run()
+
+
+if sys.version_info >= (3, 13):
+
+    def _enter_running(loop: Any, hooks: tuple[Any, Any]) -> Any:
+        loop._run_forever_setup()
+
+    def _leave_running(loop: Any, outer: Any) -> None:
+        loop._run_forever_cleanup()
+
+else:
+
+    def _enter_running(loop: Any, hooks: tuple[Any, Any]) -> Any:
+        """Make *loop* this thread's running loop with its async-generator *hooks*, as
+        ``run_forever`` does on entry. Its checks are left out: only the thread that owns
+        the loop drives it, after checking that no loop runs in the thread."""
+        outer = sys.get_asyncgen_hooks()
+        loop._thread_id = threading.get_ident()
+        sys.set_asyncgen_hooks(*hooks)
+        events._set_running_loop(loop)
+        return outer
+
+    def _leave_running(loop: Any, outer: Any) -> None:
+        loop._stopping = False
+        loop._thread_id = None
+        events._set_running_loop(None)
+        sys.set_asyncgen_hooks(*outer)
 
 
 class AsyncioLoopThread(LoopThread):
@@ -205,10 +324,10 @@ class AsyncioBackend(Backend):
         self._factory = factory
 
     def open_loop(self, options: CommonOptions) -> DrivenLoop:
-        return AsyncioDrivenLoop(self._factory, options)
+        return open_driven_loop(self._factory, options)
 
     def run_fresh(self, job: Job[Any], options: CommonOptions) -> None:
-        loop = AsyncioDrivenLoop(self._factory, options)
+        loop = open_driven_loop(self._factory, options)
         try:
             loop.run_job(job)
         finally:
