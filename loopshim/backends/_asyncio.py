@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import sys
 import threading
+import time
 from asyncio import events
 from collections.abc import Callable
 from typing import Any
@@ -87,13 +89,39 @@ async def _finalize(state: LoopState, grace: float, jobs: set[Job[Any]] | None =
     await _cancel_and_wait(others)
     await state.aclose()
     await loop.shutdown_asyncgens()
-    if sys.version_info >= (3, 12):
+    executor = _own_executors.pop(id(loop), None)
+    if executor is not None:
+        _shut_down_within(executor, CANCEL_GRACE)
+    elif sys.version_info >= (3, 12):
         # Bounded: a worker thread stuck in blocking code must not hang close() (or a
         # call-scope call, whose TimeoutError waits for its loop to close). Before 3.12
         # the wait cannot be bounded: cancelling it still joins the thread.
         await loop.shutdown_default_executor(CANCEL_GRACE)
     else:
         await loop.shutdown_default_executor()
+
+
+#: uvloop's ``shutdown_default_executor`` waits for its threads whatever the timeout, so
+#: uvloop loops get a default executor loopshim can stop without waiting (by ``id``
+#: of the loop; removed when the loop is finalized).
+_own_executors: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
+
+
+def _new_loop(factory: LoopFactory) -> asyncio.AbstractEventLoop:
+    loop = factory()
+    if type(loop).__module__.startswith("uvloop"):
+        executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="loopshim-executor")
+        loop.set_default_executor(executor)
+        _own_executors[id(loop)] = executor
+    return loop
+
+
+def _shut_down_within(executor: concurrent.futures.ThreadPoolExecutor, seconds: float) -> None:
+    """Stop *executor*, waiting at most *seconds* for its threads (on the finishing loop)."""
+    executor.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + seconds
+    for thread in list(executor._threads):
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def drives_directly(loop: asyncio.AbstractEventLoop) -> bool:
@@ -202,7 +230,7 @@ class DirectlyDrivenLoop(AsyncioDrivenLoop):
 def open_driven_loop(factory: LoopFactory, options: CommonOptions) -> AsyncioDrivenLoop:
     """A new loop from *factory*, driven directly when it can be (never in debug mode,
     where ``run_until_complete`` times slow callbacks)."""
-    loop = factory()
+    loop = _new_loop(factory)
     loop.set_debug(options.debug)
     if not options.debug and drives_directly(loop):
         return DirectlyDrivenLoop(loop)
@@ -258,7 +286,7 @@ class AsyncioLoopThread(LoopThread):
         self._stop: asyncio.Future[float] | None = None
 
     def serve(self) -> None:
-        loop = self._factory()
+        loop = _new_loop(self._factory)
         loop.set_debug(self.options.debug)
         self._loop = loop
         try:
