@@ -571,7 +571,9 @@ class _ProcessScope(_Scope):
             if self.closed:
                 raise self.closed_error()
             thread = self._thread
-            if thread is None or not thread.alive:
+            # A thread that is shutting down while the runner is open has died (close()
+            # sets closed first): it may still be alive for a moment, settling its jobs.
+            if thread is None or not thread.alive or thread.shutting_down:
                 if thread is not None:
                     logger.error("the %s loop thread died; starting a new one", self.backend.name)
                 thread = self.backend.loop_thread(self.options)
