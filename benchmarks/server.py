@@ -38,9 +38,9 @@ from typing import IO, Any
 
 import loopshim
 from loopshim._bench_report import LIBRARIES, describe_machine, library_versions, machine
+from loopshim._options import SCOPES
 
 HERE = Path(__file__).resolve().parent
-SCOPES = ("process", "thread", "call")
 BASELINE = "default"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0

@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 
 import loopshim
+from loopshim._options import SCOPES
 
 LIMIT_BYTES = 5 * 1024 * 1024
 WARMUP = 2_000
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=100_000)
     parser.add_argument("--backends", default=",".join(loopshim.available_backends()))
-    parser.add_argument("--scopes", default="process,thread,call")
+    parser.add_argument("--scopes", default=",".join(SCOPES))
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args(argv)
     if args.calls < 1:
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     for backend in args.backends.split(","):
         for scope in args.scopes.split(","):
             result = soak(backend, scope, args.calls)
-            ok = ok and passed(result)
+            fine = passed(result)
+            ok = ok and fine
             if args.json:
                 print(json.dumps(result), flush=True)
             else:
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{backend:8} {scope:8} {result['calls']:>7} calls  "
                     f"RSS {result['rss_growth_bytes'] / 1024:+8.0f} KiB  "
                     f"threads left {result['threads_left']}  fds left {result['fds_left']}  "
-                    f"{'ok' if passed(result) else 'FAIL'}",
+                    f"{'ok' if fine else 'FAIL'}",
                     flush=True,
                 )
     return 0 if ok else 1

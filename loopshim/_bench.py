@@ -7,7 +7,6 @@ function that needs it, so importing this module costs nothing and works everywh
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import importlib
@@ -26,7 +25,7 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import Self
 
-from ._registry import BUILTIN_BACKENDS, available_backends, get_runner
+from ._registry import BUILTIN_BACKENDS, available_backends, get_runner, install_hint
 
 __all__ = [
     "BASELINE",
@@ -51,16 +50,6 @@ CallFactory = Callable[[], Callable[[], None]]
 #: The contender every ratio is relative to: Flask's default, asgiref's async_to_sync.
 BASELINE: Final = "flask-default"
 
-#: Which loopshim extra installs a module the benchmark may need: the registry's
-#: install hints for the backends' libraries, and the ``bench`` and ``flask`` extras.
-_EXTRA_OF_MODULE: Final[dict[str, str]] = {
-    "asgiref": "bench",
-    "anyio": "bench",
-    "flask": "flask",
-    "matplotlib": "bench",
-    **{b.requires: b.extra for b in BUILTIN_BACKENDS.values() if b.requires and b.extra},
-}
-
 #: Warm-up per cell and caller thread: at least one call, then up to this many calls
 #: or this many seconds, whichever comes first.
 _WARMUP_CALLS: Final = 20
@@ -69,12 +58,6 @@ _WARMUP_SECONDS: Final = 0.1
 
 class BenchError(Exception):
     """A contender gave a wrong answer."""
-
-
-def install_hint(module: str) -> str:
-    """The ``pip install`` line that provides *module*."""
-    extra = _EXTRA_OF_MODULE.get(module)
-    return f'pip install "loopshim[{extra}]"' if extra else f"pip install {module}"
 
 
 def _installed(module: str) -> bool:
@@ -157,30 +140,14 @@ def _takes_coroutine(run: Callable[[Coroutine[Any, Any, Any]], Any]) -> ToSync:
     return to_sync
 
 
-def _asyncio_run(stack: contextlib.ExitStack[Any]) -> Prepared:
-    to_sync = _takes_coroutine(asyncio.run)
-    return Prepared(to_sync, _override_flask(to_sync))
+def _run_peer(module: str, adapt: Callable[[Any], ToSync]) -> Callable[..., Prepared]:
+    """The set-up of a peer that runs each call with ``<module>.run``."""
 
+    def setup(stack: contextlib.ExitStack[Any]) -> Prepared:
+        to_sync = adapt(importlib.import_module(module).run)
+        return Prepared(to_sync, _override_flask(to_sync))
 
-def _uvloop_run(stack: contextlib.ExitStack[Any]) -> Prepared:
-    import uvloop
-
-    to_sync = _takes_coroutine(uvloop.run)
-    return Prepared(to_sync, _override_flask(to_sync))
-
-
-def _trio_run(stack: contextlib.ExitStack[Any]) -> Prepared:
-    import trio
-
-    to_sync = _runs_with(trio.run)
-    return Prepared(to_sync, _override_flask(to_sync))
-
-
-def _anyio_run(stack: contextlib.ExitStack[Any]) -> Prepared:
-    import anyio
-
-    to_sync = _runs_with(anyio.run)
-    return Prepared(to_sync, _override_flask(to_sync))
+    return setup
 
 
 def _anyio_portal(backend: str, options: dict[str, Any]) -> Callable[..., Prepared]:
@@ -197,10 +164,10 @@ def _anyio_portal(backend: str, options: dict[str, Any]) -> Callable[..., Prepar
 #: The peers, in table order; the first is the baseline.
 PEERS: Final[tuple[Contender, ...]] = (
     Contender(BASELINE, "Flask default (asgiref)", _flask_default, ("asgiref",)),
-    Contender("asyncio.run", "asyncio.run", _asyncio_run),
-    Contender("uvloop.run", "uvloop.run", _uvloop_run, ("uvloop",)),
-    Contender("trio.run", "trio.run", _trio_run, ("trio",)),
-    Contender("anyio.run", "anyio.run", _anyio_run, ("anyio",)),
+    Contender("asyncio.run", "asyncio.run", _run_peer("asyncio", _takes_coroutine)),
+    Contender("uvloop.run", "uvloop.run", _run_peer("uvloop", _takes_coroutine), ("uvloop",)),
+    Contender("trio.run", "trio.run", _run_peer("trio", _runs_with), ("trio",)),
+    Contender("anyio.run", "anyio.run", _run_peer("anyio", _runs_with), ("anyio",)),
     Contender(
         "anyio-portal-asyncio", "anyio portal asyncio", _anyio_portal("asyncio", {}), ("anyio",)
     ),
@@ -444,11 +411,12 @@ class Cell:
     def measured(self) -> bool:
         return self.status == "ok" and bool(self.times_ns)
 
-    @property
+    # Read only once the run is over (reports, JSON, plot), so computed once.
+    @functools.cached_property
     def median_s(self) -> float:
         return statistics.median(self.times_ns) / 1e9
 
-    @property
+    @functools.cached_property
     def p95_s(self) -> float:
         if len(self.times_ns) < 2:
             return self.times_ns[0] / 1e9
@@ -493,9 +461,13 @@ class BenchResult:
             None,
         )
 
-    def baseline(self, workload: str) -> Cell | None:
-        cell = self.cell(workload, BASELINE)
+    def measured_cell(self, workload: str, contender_key: str) -> Cell | None:
+        """The cell, if it was measured."""
+        cell = self.cell(workload, contender_key)
         return cell if cell is not None and cell.measured else None
+
+    def baseline(self, workload: str) -> Cell | None:
+        return self.measured_cell(workload, BASELINE)
 
     def speedup(self, cell: Cell) -> float | None:
         """How many times faster than Flask's default per call (median), or None."""
@@ -520,7 +492,7 @@ def _not_installed(modules: Sequence[str]) -> str:
 def _backend_missing(backend: str) -> str:
     builtin = BUILTIN_BACKENDS.get(backend)
     if builtin is not None and builtin.requires is not None and builtin.extra is not None:
-        return f'needs {builtin.requires}: pip install "loopshim[{builtin.extra}]"'
+        return _not_installed((builtin.requires,))
     return "not importable here"
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from ._bench import BASELINE, WORKLOADS, BenchResult, Cell, Workload
+from ._registry import BUILTIN_BACKENDS
 
 __all__ = [
     "JSON_SCHEMA",
@@ -79,20 +80,15 @@ class Target:
     measured: str
 
 
-_RUN_PEER: Final = {"asyncio": "asyncio.run", "uvloop": "uvloop.run", "trio": "trio.run"}
-
-
-def _measured(result: BenchResult, workload: str, key: str) -> Cell | None:
-    cell = result.cell(workload, key)
-    return cell if cell is not None and cell.measured else None
+_RUN_PEER: Final = {name: f"{name}.run" for name in BUILTIN_BACKENDS}
 
 
 def _per_call_targets(result: BenchResult, backend: str) -> list[Target]:
     targets = []
     base = result.baseline("noop")
-    thread = _measured(result, "noop", f"loopshim-{backend}-thread")
-    process = _measured(result, "noop", f"loopshim-{backend}-process")
-    call = _measured(result, "noop", f"loopshim-{backend}-call")
+    thread = result.measured_cell("noop", f"loopshim-{backend}-thread")
+    process = result.measured_cell("noop", f"loopshim-{backend}-process")
+    call = result.measured_cell("noop", f"loopshim-{backend}-call")
     if base is not None and thread is not None:
         need = 20 if backend == "trio" else 30
         ratio = base.median_s / thread.median_s
@@ -102,12 +98,12 @@ def _per_call_targets(result: BenchResult, backend: str) -> list[Target]:
         ratio = base.median_s / process.median_s
         text = f"noop: {backend} process >= 5x faster than Flask's default"
         targets.append(Target(text, ratio >= 5, f"{ratio:.1f}x"))
-    portal = _measured(result, "noop", f"anyio-portal-{backend}")
+    portal = result.measured_cell("noop", f"anyio-portal-{backend}")
     if portal is not None and process is not None:
         ratio = portal.median_s / process.median_s
         text = f"noop: {backend} process faster than anyio's portal on {backend}"
         targets.append(Target(text, ratio > 1, f"{ratio:.2f}x"))
-    peer = _measured(result, "noop", _RUN_PEER[backend])
+    peer = result.measured_cell("noop", _RUN_PEER[backend])
     if peer is not None and call is not None:
         ratio = call.median_s / peer.median_s
         text = f"noop: {backend} call within 10% of {peer.label}"
@@ -121,7 +117,7 @@ def _flask_targets(result: BenchResult, backend: str) -> list[Target]:
         return []
     targets = []
     for scope, limit in (("thread", 1.15), ("process", 1.5)):
-        cell = _measured(result, "flask-async", f"loopshim-{backend}-{scope}")
+        cell = result.measured_cell("flask-async", f"loopshim-{backend}-{scope}")
         if cell is not None:
             ratio = cell.median_s / sync_view.median_s
             text = f"flask-async: {backend} {scope} <= {limit}x a sync view"
@@ -218,7 +214,7 @@ def format_table(result: BenchResult, targets: list[Target]) -> str:
         )
         cells = [c for c in result.cells if c.workload.name == name]
         lines.extend(_row(result, cell, width) for cell in _sorted(cells))
-        if result.cell(name, BASELINE) is None or result.baseline(name) is None:
+        if result.baseline(name) is None:
             lines.append("  (no speed-up: Flask's default was not measured)")
     if targets:
         lines.append("")
@@ -345,13 +341,13 @@ def _draw_panel(ax: Any, result: BenchResult, name: str, cells: list[Cell]) -> N
     ax.barh(positions, medians, color=colours)
     # A linear axis from 0, so that bar lengths compare as the times do; a p95 far
     # beyond the slowest median falls outside it and is not drawn.
-    ax.set_xlim(0, max(medians) * 1.3)
+    axis_end = max(medians) * 1.3
+    ax.set_xlim(0, axis_end)
     ax.plot([c.p95_s * scale for c in cells], positions, "k|", markersize=9, clip_on=True)
     ax.set_yticks(positions, [c.label for c in cells], fontsize=8)
     ax.set_xlabel(f"median per call ({unit}); | = p95 (when within the axis)", fontsize=8)
     ax.set_title(f"{name}: {cells[0].workload.description}", fontsize=9, loc="left")
     # The speed-ups in a column at the right edge, clear of the bars and ticks.
-    axis_end = max(medians) * 1.3
     for position, cell in zip(positions, cells, strict=True):
         speedup = result.speedup(cell)
         if speedup is not None:

@@ -32,11 +32,12 @@ def _original(module: str, name: str) -> Any:
     return sys.modules["gevent.monkey"].get_original(module, name)
 
 
-def native_get_ident() -> int:
-    """The OS thread's identifier, even where gevent made ``get_ident`` per greenlet."""
+def native_get_ident() -> Callable[[], int]:
+    """The function giving the OS thread's identifier, even where gevent made
+    ``threading.get_ident`` per greenlet."""
     if threading_patched():
-        return int(_original("_thread", "get_ident")())
-    return threading.get_ident()
+        return _original("_thread", "get_ident")  # type: ignore[no-any-return]
+    return threading.get_ident
 
 
 def native_selector() -> Any:

@@ -4,29 +4,27 @@ versions, the default backend and scope and why, and what to install for the res
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import sys
 from dataclasses import dataclass
 from typing import Final
 
-from ._bench import install_hint
 from ._bench_report import describe_machine, library_versions
-from ._options import SCOPES
+from ._options import DEFAULT_SCOPE, SCOPES
 from ._registry import (
     BUILTIN_BACKENDS,
     ENV_VAR,
-    _entry_points,
-    _known_names,
-    _registered,
+    available_backends,
     backend_factory,
+    backend_origin,
     default_backend,
+    install_hint,
+    known_backends,
 )
 
 __all__ = ["BackendInfo", "backend_infos", "format_info"]
 
 #: The libraries ``loopshim bench`` uses, beyond the backends.
 BENCH_MODULES: Final = ("flask", "asgiref", "anyio", "matplotlib")
-DEFAULT_SCOPE: Final = "process"
 
 
 @dataclass(frozen=True)
@@ -54,14 +52,14 @@ def _version_of(module: str) -> str:
         return f"{module} {found}" if found else module
 
 
-def _builtin_info(name: str) -> BackendInfo:
+def _builtin_info(name: str, available: list[str]) -> BackendInfo:
     builtin = BUILTIN_BACKENDS[name]
     if builtin.requires is None:
         return BackendInfo(name, "installed", f"built in (Python {sys.version.split()[0]})")
-    hint = f'pip install "loopshim[{builtin.extra}]"'
+    hint = builtin.install_command
     if name == "uvloop" and sys.platform == "win32":
         return BackendInfo(name, "not installed", "uvloop does not support Windows")
-    if importlib.util.find_spec(builtin.requires) is None:
+    if name not in available:
         return BackendInfo(name, "not installed", f"needs {builtin.requires}", hint)
     try:
         backend_factory(name)
@@ -71,11 +69,7 @@ def _builtin_info(name: str) -> BackendInfo:
 
 
 def _third_party_info(name: str) -> BackendInfo:
-    if name in _registered:
-        return BackendInfo(name, "installed", "registered with register_backend()")
-    ep = _entry_points()[name]
-    dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "unknown distribution"
-    origin = f"entry point {ep.value} ({dist})"
+    origin = backend_origin(name)
     try:
         backend_factory(name)
     except ImportError as exc:
@@ -85,8 +79,9 @@ def _third_party_info(name: str) -> BackendInfo:
 
 def backend_infos() -> list[BackendInfo]:
     """Every backend known here: the built-in ones, then third-party ones."""
-    third_party = [n for n in _known_names() if n not in BUILTIN_BACKENDS]
-    return [_builtin_info(n) for n in BUILTIN_BACKENDS] + [
+    available = available_backends()
+    third_party = known_backends()[len(BUILTIN_BACKENDS) :]
+    return [_builtin_info(n, available) for n in BUILTIN_BACKENDS] + [
         _third_party_info(n) for n in third_party
     ]
 

@@ -12,6 +12,8 @@ from ._errors import OptionError
 
 Scope = Literal["process", "thread", "call"]
 SCOPES: Final[tuple[str, ...]] = get_args(Scope)
+#: The scope used when none is named.
+DEFAULT_SCOPE: Final = "process"
 
 #: Grace period, in seconds, that ``close()`` gives background tasks by default.
 DEFAULT_SHUTDOWN_TIMEOUT: Final = 5.0

@@ -15,7 +15,7 @@ from typing import Any, Final, TypeVar
 
 from ._errors import BackendNotFound, BackendUnavailable, OptionError
 from ._gevent import refuse_backend, threading_patched
-from ._options import check_scope, did_you_mean
+from ._options import DEFAULT_SCOPE, check_scope, did_you_mean
 from ._runner import LoopRunner
 
 __all__ = ["available_backends", "get_runner", "register_backend", "run"]
@@ -40,7 +40,11 @@ class _BuiltIn:
 
     @property
     def install_command(self) -> str:
-        return f'pip install "loopshim[{self.extra}]"'
+        return _pip_extra(self.extra)
+
+
+def _pip_extra(extra: str | None) -> str:
+    return f'pip install "loopshim[{extra}]"'
 
 
 BUILTIN_BACKENDS: Final[dict[str, _BuiltIn]] = {
@@ -50,6 +54,23 @@ BUILTIN_BACKENDS: Final[dict[str, _BuiltIn]] = {
         "loopshim.backends._trio", "create_trio_runner", "trio", "trio", gevent_ok=False
     ),
 }
+
+#: Which loopshim extra installs an optional module: the backends' libraries, and what
+#: the Flask integration and ``loopshim bench`` need.
+_EXTRA_OF_MODULE: Final[dict[str, str]] = {
+    **{b.requires: b.extra for b in BUILTIN_BACKENDS.values() if b.requires and b.extra},
+    "flask": "flask",
+    "asgiref": "bench",
+    "anyio": "bench",
+    "matplotlib": "bench",
+}
+
+
+def install_hint(module: str) -> str:
+    """The ``pip install`` line that provides *module*."""
+    extra = _EXTRA_OF_MODULE.get(module)
+    return _pip_extra(extra) if extra else f"pip install {module}"
+
 
 _registered: dict[str, BackendFactory] = {}
 _cache: dict[tuple[Any, ...], LoopRunner] = {}
@@ -77,8 +98,24 @@ def available_backends() -> list[str]:
     return names + extra
 
 
-def _known_names() -> list[str]:
-    return sorted(set(BUILTIN_BACKENDS) | set(_registered) | set(_entry_points()))
+def known_backends() -> list[str]:
+    """Every backend name known here, usable or not: the built-in ones, then the sorted
+    names added with :func:`register_backend` or through entry points."""
+    third_party = sorted((set(_registered) | set(_entry_points())) - set(BUILTIN_BACKENDS))
+    return [*BUILTIN_BACKENDS, *third_party]
+
+
+def backend_origin(name: str) -> str:
+    """Where third-party backend *name* comes from, in words."""
+    if name in _registered:
+        return "registered with register_backend()"
+    ep = _entry_points()[name]
+    return f"entry point {ep.value} ({_distribution(ep, 'unknown distribution')})"
+
+
+def _distribution(ep: importlib.metadata.EntryPoint, unknown: str) -> str:
+    dist = ep.dist
+    return f"{dist.name} {dist.version}" if dist is not None else unknown
 
 
 def register_backend(name: str, factory: BackendFactory, *, replace: bool = False) -> None:
@@ -123,8 +160,7 @@ def _load_entry_point(name: str, ep: importlib.metadata.EntryPoint) -> BackendFa
     try:
         factory = ep.load()
     except Exception as exc:
-        dist = ep.dist
-        origin = f"{dist.name} {dist.version}" if dist is not None else "an unknown distribution"
+        origin = _distribution(ep, "an unknown distribution")
         raise BackendUnavailable(
             f"backend {name!r} is provided by entry point {ep.name} = {ep.value} (group "
             f"{ENTRY_POINT_GROUP!r}) of {origin}, and loading it failed: {exc!r}. "
@@ -158,7 +194,7 @@ def backend_factory(name: str, source: str | None = None) -> BackendFactory:
         else (f"unknown loop backend {name!r}")
     )
     raise BackendNotFound(
-        f"{subject}; available: {', '.join(available)}{note}.{did_you_mean(name, _known_names())}"
+        f"{subject}; available: {', '.join(available)}{note}.{did_you_mean(name, known_backends())}"
     )
 
 
@@ -183,7 +219,7 @@ def _create(
 
 
 def get_runner(
-    name: str | None = None, *, scope: str = "process", cached: bool = True, **options: Any
+    name: str | None = None, *, scope: str = DEFAULT_SCOPE, cached: bool = True, **options: Any
 ) -> LoopRunner:
     """Return a runner for backend *name* in *scope*.
 

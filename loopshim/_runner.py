@@ -226,7 +226,7 @@ class Job(Generic[T_co]):
         # Equal contexts share their mapping, so this is one comparison when the
         # coroutine set nothing, the common case.
         if final is not None and final != self.origin:
-            _copy_back(final)
+            copy_back(final)
         error = self.error
         if error is not None:
             self.error = None  # drop the reference cycle through the traceback
@@ -237,7 +237,8 @@ class Job(Generic[T_co]):
         return self.result  # type: ignore[no-any-return]
 
 
-def _copy_back(final: contextvars.Context) -> None:
+def copy_back(final: contextvars.Context) -> None:
+    """Set, in the current context, every variable whose value in *final* differs."""
     # The caller was blocked during the call, so anything that differs was set by the
     # coroutine: apply it to the caller's own context (asgiref does the same).
     for var, value in final.items():
@@ -249,9 +250,9 @@ def _settle_future(job: Job[Any]) -> None:
     future = job.future
     assert future is not None
     error = job.error
-    # GeneratorExit: a loop abandoned with the task pending (its thread died) is being
-    # garbage-collected; the future already holds RunnerClosed.
-    if error is not None and job.cancel_reason is None and not isinstance(error, GeneratorExit):
+    # A future settled already (RunnerClosed when the loop thread died) means this is
+    # the abandoned task being garbage-collected, not a failure anyone has yet to hear of.
+    if error is not None and job.cancel_reason is None and not future.done():
         logger.error("background task %s failed", job.label, exc_info=error)
     # Another thread may cancel the future at any moment, so every settling step may
     # find it already done; that must never raise on the loop.
@@ -385,9 +386,7 @@ class LoopThread(abc.ABC):
         self.spawned: set[Job[Any]] = set()
         self._ready = _gevent.new_event()
         self._thread = _gevent.new_thread(self._thread_main, f"loopshim-{backend_name}")
-        self._get_ident: Callable[[], int] = (
-            _gevent.native_get_ident if _gevent.threading_patched() else threading.get_ident
-        )
+        self._get_ident = _gevent.native_get_ident()
         self._watchdog: BlockWatchdog | None = None
 
     def start(self) -> None:
@@ -808,8 +807,8 @@ class Runner:
 
         # functools.wraps copies __dict__, and with it any "this is a coroutine
         # function" marker; the wrapper is synchronous and must not claim otherwise.
-        run_sync.__dict__.pop("_is_coroutine_marker", None)
-        run_sync.__dict__.pop("_is_coroutine", None)
+        for marker in _COROUTINE_MARKERS:
+            run_sync.__dict__.pop(marker, None)
         return run_sync
 
     def spawn(

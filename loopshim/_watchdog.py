@@ -89,8 +89,7 @@ class BlockWatchdog:
         self._stopping.set()
 
     def join(self) -> None:
-        if self._thread is not threading.current_thread():
-            self._thread.join(self.threshold + 1)
+        self._thread.join(self.threshold + 1)
 
     def _watch(self) -> None:
         while not self._stopping.is_set():

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
-from ._options import SCOPES, did_you_mean
+from ._options import SCOPES, did_you_mean, is_seconds
+from ._registry import install_hint, known_backends
 
 __all__ = ["main"]
 
@@ -52,12 +52,6 @@ def _names_of(kind: str, valid: Callable[[], list[str]]) -> Callable[[str], list
     return parse
 
 
-def _known_backends() -> list[str]:
-    from ._registry import BUILTIN_BACKENDS, _known_names
-
-    return list(BUILTIN_BACKENDS) + [n for n in _known_names() if n not in BUILTIN_BACKENDS]
-
-
 def _workload_names() -> list[str]:
     from ._bench import WORKLOADS
 
@@ -81,7 +75,7 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}")
-    if not math.isfinite(value) or value <= 0 or value > MAX_DURATION:
+    if not is_seconds(value, zero_ok=False) or value > MAX_DURATION:
         raise argparse.ArgumentTypeError(
             f"must be greater than 0 and at most {MAX_DURATION:g} seconds, got {text}"
         )
@@ -135,11 +129,10 @@ def _check_output(parser: argparse.ArgumentParser, option: str, path: Path | Non
 
 
 def _check_plot(parser: argparse.ArgumentParser, path: Path | None) -> None:
-    from ._bench import install_hint
-    from ._bench_report import PLOT_FORMATS
-
     if path is None:
         return
+    from ._bench_report import PLOT_FORMATS
+
     if path.suffix.lower() not in PLOT_FORMATS:
         parser.error(
             f"--plot {path}: the file name must end in {', '.join(PLOT_FORMATS)} "
@@ -166,7 +159,7 @@ def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     _check_output(parser, "--json", args.json)
     _check_plot(parser, args.plot)
     settings = Settings(
-        backends=_flatten(args.backends, _known_backends()),
+        backends=_flatten(args.backends, known_backends()),
         scopes=_flatten(args.scopes, SCOPES),
         workloads=_flatten(args.workloads, _workload_names()),
         peers=args.peers,
@@ -217,7 +210,7 @@ def _bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     bench.add_argument(
         "--backends",
         action="append",
-        type=_names_of("backend", _known_backends),
+        type=_names_of("backend", known_backends),
         metavar="NAMES",
         help="loopshim backends to measure (default: every known one; those not "
         "installed are reported as such)",
@@ -294,7 +287,7 @@ def _info_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     info.add_argument(
         "--backend",
-        type=_one_name("backend", _known_backends),
+        type=_one_name("backend", known_backends),
         help="the backend a program would pass to get_runner()",
     )
     info.add_argument(

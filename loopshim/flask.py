@@ -30,6 +30,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 
 from ._ensure_sync import isolate_requests
 from ._errors import OptionError
+from ._options import DEFAULT_SCOPE
 from ._registry import get_runner
 from ._runner import LoopRunner, is_async_callable, sync_caller
 
@@ -53,7 +54,10 @@ class _AppState:
         self.scope = scope
         self.options = dict(options)
         self.runner = self._runner_for(backend)
-        self.backend = self.runner.name
+
+    @property
+    def backend(self) -> str:
+        return self.runner.name
 
     def _runner_for(self, backend: str | None) -> LoopRunner:
         return get_runner(backend, scope=self.scope, **self.options)
@@ -63,7 +67,6 @@ class _AppState:
             self.runner = backend
         else:
             self.runner = self._runner_for(backend)  # raises now for an unknown name
-        self.backend = self.runner.name
 
     def async_to_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
         # Flask calls this on every request, for every async view and hook.
@@ -118,7 +121,7 @@ class LoopShim:
         app: flask.Flask | None = None,
         *,
         backend: str | None = None,
-        scope: str = "process",
+        scope: str = DEFAULT_SCOPE,
         options: Mapping[str, Any] | None = None,
     ) -> None:
         self.backend = backend

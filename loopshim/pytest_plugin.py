@@ -42,7 +42,7 @@ import pytest
 from ._errors import LoopshimError
 from ._options import did_you_mean, is_seconds
 from ._registry import BUILTIN_BACKENDS, available_backends, default_backend, get_runner
-from ._runner import LoopRunner, running_loop_library
+from ._runner import LoopRunner, copy_back, running_loop_library
 
 __all__ = ["loop_app", "loop_backend", "loop_runner"]
 
@@ -111,6 +111,8 @@ class Settings:
 
     mode: str
     backends: tuple[str, ...]
+    #: The backends usable here, read once per session.
+    installed: tuple[str, ...]
     scope: str
     loop_scope: str
     timeout: float | None
@@ -134,7 +136,8 @@ def _read_settings(config: pytest.Config) -> Settings:
     if raw_backends is None:
         raw_backends = config.getini("loopshim_backends")
     backends = _split_names(raw_backends)
-    known = sorted(set(BUILTIN_BACKENDS) | set(available_backends()))
+    installed = tuple(available_backends())
+    known = sorted(set(BUILTIN_BACKENDS) | set(installed))
     for name in backends:
         if name not in known:
             raise pytest.UsageError(
@@ -161,7 +164,7 @@ def _read_settings(config: pytest.Config) -> Settings:
         raise pytest.UsageError(
             f"loopshim_loop_scope must be one of {', '.join(FIXTURE_SCOPES)}; got {loop_scope!r}"
         )
-    return Settings(mode, backends, scope, loop_scope, _read_timeout(config))
+    return Settings(mode, backends, installed, scope, loop_scope, _read_timeout(config))
 
 
 def _read_timeout(config: pytest.Config) -> float | None:
@@ -307,9 +310,9 @@ def _parametrized_by_mark(metafunc: pytest.Metafunc, loop_scope: str) -> bool:
     return False
 
 
-def _backend_param(name: str) -> Any:
+def _backend_param(name: str, installed: tuple[str, ...]) -> Any:
     builtin = BUILTIN_BACKENDS.get(name)
-    if builtin is None or name in available_backends():
+    if builtin is None or name in installed:
         return pytest.param(name, id=name)
     reason = f"backend {name!r} is not installed: {builtin.install_command}"
     return pytest.param(name, id=name, marks=pytest.mark.skip(reason=reason))
@@ -323,10 +326,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     if not _uses_default_backend_fixture(metafunc):
         return
-    names = settings.backends or tuple(available_backends())
+    names = settings.backends or settings.installed
     metafunc.parametrize(
         "loop_backend",
-        [_backend_param(name) for name in names],
+        [_backend_param(name, settings.installed) for name in names],
         indirect=True,
         scope=settings.loop_scope,  # type: ignore[arg-type]
     )
@@ -555,8 +558,7 @@ class _FixtureTask:
             raise self._take_error()
         if self.final_context is not None:
             # run() copies this call's context back to the test's, and with it these.
-            for var, value in self.final_context.items():
-                var.set(value)
+            copy_back(self.final_context)
         return self.value
 
     def _spawn(self, library: str | None) -> Callable[[], object]:

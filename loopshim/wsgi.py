@@ -28,6 +28,7 @@ except ImportError as exc:  # pragma: no cover - werkzeug comes with the flask e
     ) from exc
 
 from ._ensure_sync import isolate_requests
+from ._options import DEFAULT_SCOPE
 from ._registry import get_runner
 from ._runner import check_async_callable
 
@@ -40,7 +41,7 @@ def to_wsgi(
     handler: Handler,
     *,
     backend: str | None = None,
-    scope: str = "process",
+    scope: str = DEFAULT_SCOPE,
     **options: Any,
 ) -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
     """Return a WSGI application that runs ``await handler(Request(environ))`` on the

@@ -206,10 +206,7 @@ class DirectlyDrivenLoop(AsyncioDrivenLoop):
             try:
                 ready = loop._ready
                 if not job.done:  # what was queued first, then the task's first step
-                    for _ in range(len(ready)):
-                        handle = ready.popleft()
-                        if not handle._cancelled:
-                            handle._run()
+                    _run_ready(ready)
                 while not job.done:
                     if loop._stopping:
                         raise RuntimeError("Event loop stopped before the call finished.")
