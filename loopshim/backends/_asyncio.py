@@ -177,6 +177,8 @@ class DirectlyDrivenLoop(AsyncioDrivenLoop):
             try:
                 ready = loop._ready
                 if not job.done:  # what was queued first, then the task's first step
+                    if loop._stopping:  # stop() in an eager first step
+                        raise RuntimeError("Event loop stopped before the call finished.")
                     for _ in range(len(ready)):
                         handle = ready.popleft()
                         if not handle._cancelled:
