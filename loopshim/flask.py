@@ -76,15 +76,19 @@ class _AppState:
 
 
 def _quick_ensure_sync(app: flask.Flask, state: _AppState) -> Callable[..., Any]:
-    """Flask's ``ensure_sync`` for *app*, with the common case — a plain ``async def``
-    function — recognised without inspect's general machinery."""
+    """Flask's ``ensure_sync`` for *app*, with the common cases — a plain ``def`` or
+    ``async def`` function — answered without inspect's general machinery."""
     general: Callable[[Callable[..., Any]], Callable[..., Any]] = functools.partial(
         flask.Flask.ensure_sync, app
     )
 
     def ensure_sync(func: Callable[..., Any]) -> Callable[..., Any]:
-        if type(func) is types.FunctionType and func.__code__.co_flags & inspect.CO_COROUTINE:
-            return state.async_to_sync(func)
+        if type(func) is types.FunctionType:
+            if func.__code__.co_flags & inspect.CO_COROUTINE:
+                return state.async_to_sync(func)
+            # A sync function counts as async if inspect.markcoroutinefunction marked it.
+            if getattr(func, "_is_coroutine_marker", None) is None:
+                return func
         return general(func)
 
     return ensure_sync

@@ -476,6 +476,17 @@ if hasattr(inspect, "markcoroutinefunction"):  # Python 3.12+
         assert sync() == 1
         assert not inspect.iscoroutinefunction(sync)
 
+    def test_a_sync_function_marked_as_a_coroutine_function_runs_on_the_runner(
+        app: Flask,
+    ) -> None:
+        def returns_coroutine() -> Any:
+            return documented(1)
+
+        inspect.markcoroutinefunction(returns_coroutine)
+        sync = app.ensure_sync(returns_coroutine)
+        assert sync is not returns_coroutine
+        assert sync() == 3
+
 
 def test_every_kind_of_async_callable_runs_on_the_runner(app: Flask) -> None:
     class Handler:
