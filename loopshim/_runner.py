@@ -486,6 +486,14 @@ class Backend(abc.ABC):
 # ------------------------------------------------------------------------ scopes
 
 
+if sys.version_info >= (3, 11):
+    _handled_exception = sys.exception
+else:
+
+    def _handled_exception() -> BaseException | None:
+        return sys.exc_info()[1]
+
+
 def _new_job(
     fn: Callable[..., Awaitable[Any]],
     args: Any,
@@ -494,7 +502,7 @@ def _new_job(
     lock: threading.Lock | None,
 ) -> Job[Any]:
     origin = contextvars.copy_context()
-    return Job(fn, args, kwargs, origin.copy(), sys.exc_info()[1], timeout, lock, origin)
+    return Job(fn, args, kwargs, origin.copy(), _handled_exception(), timeout, lock, origin)
 
 
 class _Scope(abc.ABC):
