@@ -247,7 +247,11 @@ def _settle_future(job: Job[Any]) -> None:
     future = job.future
     assert future is not None
     error = job.error
-    if error is not None and job.cancel_reason is None:
+    # A future settled already (cancelled, or failed with RunnerClosed when the loop
+    # thread died) has told its story. Among others, this is a coroutine of a dead loop
+    # closed by the garbage collector: logging a traceback from there can run at any
+    # point of another thread's work.
+    if error is not None and job.cancel_reason is None and not future.done():
         logger.error("background task %s failed", job.label, exc_info=error)
     # Another thread may cancel the future at any moment, so every settling step may
     # find it already done; that must never raise on the loop.

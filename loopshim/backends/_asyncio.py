@@ -57,13 +57,31 @@ if sys.version_info >= (3, 12):
     def _start_eagerly(
         loop: asyncio.AbstractEventLoop, job: Job[Any], jobs: set[Job[Any]] | None
     ) -> None:
-        # On a running loop, an eager task takes its first step now instead of one loop
-        # iteration later: a call that never waits finishes within this callback.
+        """On a running loop, an eager task takes its first step now instead of one loop
+        iteration later: a call that never waits finishes within this callback."""
+        if loop.get_task_factory() is not None:
+            _start(loop, job, jobs)
+            return
         job.handle = asyncio.Task(
             _execute(job, jobs), loop=loop, context=job.context, eager_start=True
         )
+
 else:
-    _start_eagerly = _start
+
+    def _start_eagerly(
+        loop: asyncio.AbstractEventLoop, job: Job[Any], jobs: set[Job[Any]] | None
+    ) -> None:
+        """Before 3.12 asyncio has no eager tasks; on its own loop the same effect: make
+        the task, then take its first step — the callback it has just queued — now,
+        unless this runs inside another task (a spawn from a coroutine on the loop)."""
+        _start(loop, job, jobs)
+        ready: collections.deque[Any] = loop._ready  # type: ignore[attr-defined]
+        if (
+            ready
+            and getattr(ready[-1]._callback, "__self__", None) is job.handle
+            and asyncio.current_task(loop) is None
+        ):
+            ready.pop()._run()
 
 
 async def _cancel_and_wait(tasks: set[asyncio.Task[Any]]) -> None:
