@@ -2,6 +2,10 @@
 default (asgiref), and an async view on every loopshim backend x scope, interleaved in
 one run; then a view that gathers 100 concurrent 10 ms sleeps, on every backend.
 
+Also timed: a sync view that makes one bare round trip to another thread (a lock
+handed there and back), the least any call to a loop in another thread — ``process``
+scope — can cost on this machine.
+
     python benchmarks/flask_request.py          # about 40 s
 """
 
@@ -10,6 +14,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +29,25 @@ import loopshim
 from loopshim.flask import LoopShim
 
 
+class RoundTrip:
+    """A thread that answers at once: a bare round trip to another thread and back."""
+
+    def __init__(self) -> None:
+        self._there, self._back = threading.Lock(), threading.Lock()
+        self._there.acquire()
+        self._back.acquire()
+        threading.Thread(target=self._answer, daemon=True).start()
+
+    def _answer(self) -> None:
+        while True:
+            self._there.acquire()
+            self._back.release()
+
+    def __call__(self) -> None:
+        self._there.release()
+        self._back.acquire()
+
+
 def make_app(backend: str | None, scope: str = "process") -> Flask:
     app = Flask(__name__)
     if backend is not None:
@@ -33,6 +57,14 @@ def make_app(backend: str | None, scope: str = "process") -> Flask:
     @app.route("/sync")
     def sync_view() -> str:
         return "ok"
+
+    if backend is None:
+        round_trip = RoundTrip()
+
+        @app.route("/round-trip")
+        def round_trip_view() -> str:
+            round_trip()
+            return "ok"
 
     @app.route("/async")
     async def async_view() -> str:
@@ -64,6 +96,7 @@ def request_candidates() -> list[Candidate]:
     found = [
         Candidate("sync view", _get(default, "/sync")),
         Candidate("async view, Flask default", _get(default, "/async")),
+        Candidate("sync view + thread round trip", _get(default, "/round-trip")),
     ]
     for backend in BACKENDS:
         if backend not in loopshim.available_backends():
@@ -77,7 +110,7 @@ def request_candidates() -> list[Candidate]:
 def check(found: list[Candidate]) -> list[Target]:
     sync = found[0]
     targets = []
-    for candidate in found[2:]:
+    for candidate in found[3:]:
         scope = candidate.label.rsplit(" ", 1)[1]
         limit = {"thread": 1.15, "process": 1.5}.get(scope)
         if limit is None:
