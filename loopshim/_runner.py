@@ -901,13 +901,19 @@ class SyncCall(functools.partial[Any]):
         return f"<loopshim sync caller for {self.args[0]!r}>"
 
 
+def direct_call(runner: LoopRunner) -> Callable[..., Any] | None:
+    """What a :class:`SyncCall` for *runner* calls — ``call(async_fn, *args, **kwargs)``
+    — for loopshim's own runners; None for any other :class:`LoopRunner`."""
+    return runner._scope.call if isinstance(runner, Runner) else None
+
+
 def sync_caller_maker(runner: LoopRunner) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A function that turns an async function into a synchronous callable running it on
     *runner*: a :class:`SyncCall` for loopshim's own runners, ``runner.wrap`` for any
     other :class:`LoopRunner`."""
-    if not isinstance(runner, Runner):
+    call = direct_call(runner)
+    if call is None:
         return runner.wrap
-    call = runner._scope.call
 
     def make(fn: Callable[..., Any]) -> Callable[..., Any]:
         # A plain ``async def`` function passes without inspect's general checks.

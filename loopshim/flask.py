@@ -33,7 +33,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 from ._ensure_sync import isolate_requests
 from ._errors import OptionError
 from ._registry import get_runner
-from ._runner import LoopRunner, is_async_callable, sync_caller_maker
+from ._runner import LoopRunner, SyncCall, direct_call, is_async_callable, sync_caller_maker
 
 __all__ = ["LoopShim", "copy_current_request_context"]
 
@@ -56,8 +56,7 @@ class _AppState:
         self.options = dict(options)
         self.runner = self._runner_for(backend)
         self.backend = self.runner.name
-        #: Makes the synchronous callable Flask gets for an async function.
-        self.async_to_sync = sync_caller_maker(self.runner)
+        self._use(self.runner)
 
     def _runner_for(self, backend: str | None) -> LoopRunner:
         return get_runner(backend, scope=self.scope, **self.options)
@@ -65,7 +64,13 @@ class _AppState:
     def switch(self, backend: str) -> None:
         self.runner = self._runner_for(backend)  # raises now for an unknown name
         self.backend = self.runner.name
-        self.async_to_sync = sync_caller_maker(self.runner)
+        self._use(self.runner)
+
+    def _use(self, runner: LoopRunner) -> None:
+        #: Makes the synchronous callable Flask gets for an async function.
+        self.async_to_sync = sync_caller_maker(runner)
+        #: For a plain async function, known to be one: call it with this.
+        self.call = direct_call(runner)
 
     def install(self, app: flask.Flask) -> None:
         """Point *app*'s ``async_to_sync`` at the current runner. Flask calls it (through
@@ -85,7 +90,8 @@ def _quick_ensure_sync(app: flask.Flask, state: _AppState) -> Callable[..., Any]
     def ensure_sync(func: Callable[..., Any]) -> Callable[..., Any]:
         if type(func) is types.FunctionType:
             if func.__code__.co_flags & inspect.CO_COROUTINE:
-                return state.async_to_sync(func)
+                call = state.call
+                return SyncCall(call, func) if call is not None else state.async_to_sync(func)
             # A sync function counts as async if inspect.markcoroutinefunction marked it.
             if getattr(func, "_is_coroutine_marker", None) is None:
                 return func
