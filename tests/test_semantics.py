@@ -567,8 +567,9 @@ def test_stopping_the_loop_inside_a_call(scope: str) -> None:
         assert runner.run(add, 1, 2) == 3
 
 
+@pytest.mark.parametrize("scope", ["thread", "process"])
 @pytest.mark.parametrize("backend", ["asyncio", "uvloop"])
-def test_a_task_factory_set_on_the_loop_makes_later_calls_tasks(backend: str) -> None:
+def test_a_task_factory_set_on_the_loop_makes_later_calls_tasks(backend: str, scope: str) -> None:
     import asyncio
 
     made: list[str] = []
@@ -580,7 +581,7 @@ def test_a_task_factory_set_on_the_loop_makes_later_calls_tasks(backend: str) ->
     async def install() -> None:
         asyncio.get_running_loop().set_task_factory(factory)
 
-    with asyncio_runner(backend, "thread") as runner:
+    with asyncio_runner(backend, scope) as runner:
         runner.run(install)
         assert runner.run(add, 2, 2) == 4
     assert made[0] == "_execute"  # the next call's task
