@@ -248,9 +248,9 @@ def _settle_future(job: Job[Any]) -> None:
     assert future is not None
     error = job.error
     # A future settled already (cancelled, or failed with RunnerClosed when the loop
-    # thread died) has told its story. Among others, this is a coroutine of a dead loop
-    # closed by the garbage collector: logging a traceback from there can run at any
-    # point of another thread's work.
+    # thread died) has told its story. Among others, this is a dead loop's coroutine
+    # closed by the garbage collector, which runs wherever it is triggered: formatting a
+    # traceback there can break the code it interrupts (a compile() in progress).
     if error is not None and job.cancel_reason is None and not future.done():
         logger.error("background task %s failed", job.label, exc_info=error)
     # Another thread may cancel the future at any moment, so every settling step may
