@@ -114,7 +114,7 @@ async def _finalize(state: LoopState, grace: float, jobs: set[Job[Any]] | None =
 
 
 def drives_directly(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether :class:`AsyncioDrivenLoop` may drive *loop* itself rather than through
+    """Whether :class:`DirectlyDrivenLoop` may drive *loop* itself rather than through
     ``run_until_complete``: a loop whose running machinery is asyncio's own
     ``BaseEventLoop`` (the standard selector loop and subclasses that keep it; not
     uvloop, not the Windows proactor loop)."""
@@ -166,10 +166,11 @@ class DirectlyDrivenLoop(AsyncioDrivenLoop):
     """A loop that :func:`drives_directly` accepts, driven without
     ``run_until_complete``.
 
-    That is what ``run_until_complete`` does, minus what a call never needs: no done
+    It does what ``run_until_complete`` does, minus what a call never needs: no done
     callback to stop the loop, and no I/O poll before the task's first step or after its
     last one. A call that never waits costs one pass over the ready callbacks; one that
-    waits runs full loop iterations (I/O, timers) until it is done.
+    waits runs full loop iterations (I/O, timers) until it is done. The private pieces
+    used are those ``run_forever`` itself uses.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
