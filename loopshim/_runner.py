@@ -250,8 +250,10 @@ def _settle_future(job: Job[Any]) -> None:
     future = job.future
     assert future is not None
     error = job.error
-    # A future settled already (RunnerClosed when the loop thread died) means this is
-    # the abandoned task being garbage-collected, not a failure anyone has yet to hear of.
+    # A future settled already (cancelled, or failed with RunnerClosed when the loop
+    # thread died) has told its story. Among others, this is a dead loop's coroutine
+    # closed by the garbage collector, which runs wherever it is triggered: formatting a
+    # traceback there can break the code it interrupts (a compile() in progress).
     if error is not None and job.cancel_reason is None and not future.done():
         logger.error("background task %s failed", job.label, exc_info=error)
     # Another thread may cancel the future at any moment, so every settling step may
@@ -514,6 +516,14 @@ class Backend(abc.ABC):
 # ------------------------------------------------------------------------ scopes
 
 
+if sys.version_info >= (3, 11):
+    _handled_exception = sys.exception
+else:
+
+    def _handled_exception() -> BaseException | None:
+        return sys.exc_info()[1]
+
+
 def _new_job(
     fn: Callable[..., Awaitable[Any]],
     args: Any,
@@ -522,7 +532,7 @@ def _new_job(
     lock: threading.Lock | None,
 ) -> Job[Any]:
     origin = contextvars.copy_context()
-    return Job(fn, args, kwargs, origin.copy(), sys.exc_info()[1], timeout, lock, origin)
+    return Job(fn, args, kwargs, origin.copy(), _handled_exception(), timeout, lock, origin)
 
 
 class _Scope(abc.ABC):
@@ -532,7 +542,7 @@ class _Scope(abc.ABC):
         self.closed = False
 
     @abc.abstractmethod
-    def call(self, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any) -> Any: ...
+    def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any: ...
 
     def closed_error(self) -> RunnerClosed:
         return RunnerClosed(f"this {self.backend.name} runner was closed")
@@ -580,7 +590,7 @@ class _ProcessScope(_Scope):
                 self._thread = thread
             return thread
 
-    def call(self, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any) -> Any:
+    def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
         thread = self._thread
         if thread is None or thread.shutting_down:
             thread = self._start()
@@ -667,7 +677,7 @@ class _ThreadScope(_Scope):
         self._local.loop = loop
         return loop
 
-    def call(self, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any) -> Any:
+    def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
         library = running_loop_library()
         if library is not None:
             raise reentrant_error(library, "run()")
@@ -729,7 +739,7 @@ class _ThreadScope(_Scope):
 class _CallScope(_Scope):
     scope_name = "call"
 
-    def call(self, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any) -> Any:
+    def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
         _check_not_in_loop("run()")
         if self.closed:
             raise self.closed_error()
@@ -788,7 +798,7 @@ class Runner:
         .. versionadded:: 0.1
         """
         check_async_callable(async_fn, "run")
-        return self._scope.call(async_fn, args, kwargs)  # type: ignore[no-any-return]
+        return self._scope.call(async_fn, *args, **kwargs)  # type: ignore[no-any-return]
 
     def wrap(self, async_fn: Callable[P, Awaitable[T]]) -> Callable[P, T]:
         """Return a synchronous function that runs *async_fn* on this runner.
@@ -803,7 +813,7 @@ class Runner:
 
         @functools.wraps(async_fn)
         def run_sync(*args: P.args, **kwargs: P.kwargs) -> T:
-            return call(async_fn, args, kwargs)  # type: ignore[no-any-return]
+            return call(async_fn, *args, **kwargs)  # type: ignore[no-any-return]
 
         # functools.wraps copies __dict__, and with it any "this is a coroutine
         # function" marker; the wrapper is synchronous and must not claim otherwise.
@@ -894,25 +904,22 @@ _COROUTINE_MARKERS: Final = frozenset({"_is_coroutine_marker", "_is_coroutine"})
 _READ_THROUGH: Final = frozenset({"__name__", "__qualname__", "__annotations__"})
 
 
-class SyncCall:
+class SyncCall(functools.partial[Any]):
     # A synchronous callable that runs an async function on a runner: what
-    # sync_caller() returns. Far cheaper to make than Runner.wrap's function (Flask asks
-    # for one on every request), because the async function's metadata is read through
-    # on demand rather than copied: its name, qualified name, docstring, module and
-    # annotations, the attributes in its __dict__, and __wrapped__ (so inspect.signature
-    # shows its signature). Unlike a function, it does not bind as a method.
+    # sync_caller_maker() makes. Far cheaper than Runner.wrap's function (Flask asks for
+    # one on every request): as a partial of the scope's call it is made and called
+    # without a Python frame of its own, and the async function's metadata is read
+    # through on demand rather than copied — its name, qualified name, docstring, module
+    # and annotations, the attributes in its __dict__, and __wrapped__ (so
+    # inspect.signature shows its signature). Unlike a function, it does not bind as a
+    # method.
 
-    __slots__ = ("__wrapped__", "_call")
-
-    def __init__(self, call: Callable[..., Any], fn: Callable[..., Awaitable[Any]]) -> None:
-        self._call = call
-        self.__wrapped__ = fn
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call(self.__wrapped__, args, kwargs)
+    @property
+    def __wrapped__(self) -> Callable[..., Awaitable[Any]]:
+        return self.args[0]  # type: ignore[no-any-return]
 
     def __getattr__(self, name: str) -> Any:
-        fn = self.__wrapped__
+        fn = self.args[0]
         if name in _READ_THROUGH:
             return getattr(fn, name)
         own = getattr(fn, "__dict__", None)
@@ -922,25 +929,37 @@ class SyncCall:
 
     @property
     def __doc__(self) -> str | None:  # type: ignore[override]
-        return getattr(self.__wrapped__, "__doc__", None)
+        return getattr(self.args[0], "__doc__", None)
 
     @property
     def __module__(self) -> str | None:  # type: ignore[override]
-        return getattr(self.__wrapped__, "__module__", None)
+        return getattr(self.args[0], "__module__", None)
 
     def __repr__(self) -> str:
-        return f"<loopshim sync caller for {self.__wrapped__!r}>"
+        return f"<loopshim sync caller for {self.args[0]!r}>"
 
 
-def sync_caller(runner: LoopRunner, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
-    """A synchronous callable running *fn* on *runner*: a :class:`SyncCall` for
-    loopshim's own runners, ``runner.wrap(fn)`` for any other :class:`LoopRunner`."""
-    if not isinstance(runner, Runner):
-        return runner.wrap(fn)
-    # A plain ``async def`` function passes without inspect's general checks.
-    if not (type(fn) is types.FunctionType and fn.__code__.co_flags & inspect.CO_COROUTINE):
-        check_async_callable(fn, "async_to_sync")
-    return SyncCall(runner._scope.call, fn)
+def direct_call(runner: LoopRunner) -> Callable[..., Any] | None:
+    """What a :class:`SyncCall` for *runner* calls — ``call(async_fn, *args, **kwargs)``
+    — for loopshim's own runners; None for any other :class:`LoopRunner`."""
+    return runner._scope.call if isinstance(runner, Runner) else None
+
+
+def sync_caller_maker(runner: LoopRunner) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A function that turns an async function into a synchronous callable running it on
+    *runner*: a :class:`SyncCall` for loopshim's own runners, ``runner.wrap`` for any
+    other :class:`LoopRunner`."""
+    call = direct_call(runner)
+    if call is None:
+        return runner.wrap
+
+    def make(fn: Callable[..., Any]) -> Callable[..., Any]:
+        # A plain ``async def`` function passes without inspect's general checks.
+        if not (type(fn) is types.FunctionType and fn.__code__.co_flags & inspect.CO_COROUTINE):
+            check_async_callable(fn, "async_to_sync")
+        return SyncCall(call, fn)
+
+    return make
 
 
 def _close_all_at_exit() -> None:

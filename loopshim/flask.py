@@ -17,6 +17,8 @@ receivers, ``copy_current_request_context`` — on the backend you choose.
 from __future__ import annotations
 
 import functools
+import inspect
+import types
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
@@ -32,7 +34,7 @@ from ._ensure_sync import isolate_requests
 from ._errors import OptionError
 from ._options import DEFAULT_SCOPE
 from ._registry import get_runner
-from ._runner import LoopRunner, is_async_callable, sync_caller
+from ._runner import LoopRunner, SyncCall, direct_call, is_async_callable, sync_caller_maker
 
 __all__ = ["LoopShim", "copy_current_request_context"]
 
@@ -54,6 +56,7 @@ class _AppState:
         self.scope = scope
         self.options = dict(options)
         self.runner = self._runner_for(backend)
+        self._use(self.runner)
 
     @property
     def backend(self) -> str:
@@ -67,10 +70,40 @@ class _AppState:
             self.runner = backend
         else:
             self.runner = self._runner_for(backend)  # raises now for an unknown name
+        self._use(self.runner)
 
-    def async_to_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        # Flask calls this on every request, for every async view and hook.
-        return sync_caller(self.runner, func)
+    def _use(self, runner: LoopRunner) -> None:
+        #: Makes the synchronous callable Flask gets for an async function.
+        self.async_to_sync = sync_caller_maker(runner)
+        #: For a plain async function, known to be one: call it with this.
+        self.call = direct_call(runner)
+
+    def install(self, app: flask.Flask) -> None:
+        """Point *app*'s ``async_to_sync`` at the current runner. Flask calls it (through
+        ``ensure_sync``) for every async view and hook of every request, so it is the
+        runner's own maker, not a method that looks the runner up."""
+        # An instance attribute shadows Flask.async_to_sync.
+        setattr(app, "async_to_sync", self.async_to_sync)  # noqa: B010
+
+
+def _quick_ensure_sync(app: flask.Flask, state: _AppState) -> Callable[..., Any]:
+    """Flask's ``ensure_sync`` for *app*, with the common cases — a plain ``def`` or
+    ``async def`` function — answered without inspect's general machinery."""
+    general: Callable[[Callable[..., Any]], Callable[..., Any]] = functools.partial(
+        flask.Flask.ensure_sync, app
+    )
+
+    def ensure_sync(func: Callable[..., Any]) -> Callable[..., Any]:
+        if type(func) is types.FunctionType:
+            if func.__code__.co_flags & inspect.CO_COROUTINE:
+                call = state.call
+                return SyncCall(call, func) if call is not None else state.async_to_sync(func)
+            # A sync function counts as async if inspect.markcoroutinefunction marked it.
+            if getattr(func, "_is_coroutine_marker", None) is None:
+                return func
+        return general(func)
+
+    return ensure_sync
 
 
 def _state(app: flask.Flask) -> _AppState:
@@ -94,7 +127,9 @@ class _LoopBackend:
         return _state(app).backend
 
     def __set__(self, app: flask.Flask, backend: str | LoopRunner) -> None:
-        _state(app).switch(backend)
+        state = _state(app)
+        state.switch(backend)
+        state.install(app)
 
 
 class LoopShim:
@@ -108,7 +143,8 @@ class LoopShim:
     - ``LOOPSHIM_SCOPE``: ``"process"`` (default), ``"thread"`` or ``"call"``.
     - ``LOOPSHIM_OPTIONS``: a dict of runner options (``timeout``, ``shutdown_timeout``...).
 
-    Bad values raise at once. The extension overrides the app's ``async_to_sync``, so
+    Bad values raise at once. The extension overrides the app's ``async_to_sync`` (and,
+    unless the app's class has its own, ``ensure_sync``, with a faster check), so
     everything Flask passes through ``ensure_sync`` runs on the selected runner, and runs
     each request in its own copy of the server thread's context, so that context
     variables set by one request never reach the next request served by that thread.
@@ -143,8 +179,9 @@ class LoopShim:
             app.config.get("LOOPSHIM_OPTIONS", self.options),
         )
         app.extensions[EXTENSION_KEY] = state
-        # An instance attribute shadows Flask.async_to_sync, which ensure_sync calls.
-        setattr(app, "async_to_sync", state.async_to_sync)  # noqa: B010
+        state.install(app)
+        if type(app).ensure_sync is flask.Flask.ensure_sync:  # a subclass's own is kept
+            setattr(app, "ensure_sync", _quick_ensure_sync(app, state))  # noqa: B010
         app.wsgi_app = isolate_requests(app.wsgi_app)  # type: ignore[method-assign,assignment]
         if not isinstance(getattr(type(app), "loop_backend", None), _LoopBackend):
             type(app).loop_backend = _LoopBackend()  # type: ignore[attr-defined]

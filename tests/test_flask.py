@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import inspect
 import subprocess
 import sys
 import threading
@@ -456,6 +457,102 @@ def test_documented_override_path_with_own_ensure_sync(case: BackendCase) -> Non
 
     expected = "trio" if case.name == "trio" else "asyncio"
     assert app.test_client().get("/").text == expected
+
+
+async def documented(x: int, *, y: int = 2) -> int:
+    """Adds x and y."""
+    await anyio.sleep(0)
+    return x + y
+
+
+documented.extra = "an attribute"  # type: ignore[attr-defined]
+
+
+def test_what_flask_gets_for_an_async_function_behaves_like_it(app: Flask) -> None:
+    import asyncio
+    import inspect
+
+    sync = app.ensure_sync(documented)
+    assert sync(1, y=3) == 4
+    assert (sync.__name__, sync.__qualname__) == ("documented", "documented")
+    assert sync.__doc__ == "Adds x and y."
+    assert sync.__module__ == __name__
+    assert sync.__wrapped__ is documented
+    assert sync.extra == "an attribute"
+    assert inspect.signature(sync) == inspect.signature(documented)
+    assert not inspect.iscoroutinefunction(sync)
+    assert not asyncio.iscoroutinefunction(sync)
+    assert "documented" in repr(sync)
+    with pytest.raises(AttributeError, match="no attribute 'missing'"):
+        _ = sync.missing
+
+
+if hasattr(inspect, "markcoroutinefunction"):  # Python 3.12+
+
+    def test_what_flask_gets_never_claims_to_be_a_coroutine_function(app: Flask) -> None:
+        async def marked() -> int:
+            return 1
+
+        inspect.markcoroutinefunction(marked)
+        sync = app.ensure_sync(marked)
+        assert sync() == 1
+        assert not inspect.iscoroutinefunction(sync)
+
+    def test_a_sync_function_marked_as_a_coroutine_function_runs_on_the_runner(
+        app: Flask,
+    ) -> None:
+        def returns_coroutine() -> Any:
+            return documented(1)
+
+        inspect.markcoroutinefunction(returns_coroutine)
+        sync = app.ensure_sync(returns_coroutine)
+        assert sync is not returns_coroutine
+        assert sync() == 3
+
+
+def test_every_kind_of_async_callable_runs_on_the_runner(app: Flask) -> None:
+    class Handler:
+        async def __call__(self, x: int) -> int:
+            return x + 1
+
+        async def method(self, x: int) -> int:
+            return x + 2
+
+    def plain(x: int) -> int:
+        return x
+
+    handler = Handler()
+    assert app.ensure_sync(functools.partial(documented, 1))(y=1) == 2
+    assert app.ensure_sync(handler.method)(1) == 3
+    assert app.async_to_sync(handler)(1) == 2  # Flask's ensure_sync passes objects through
+    assert app.ensure_sync(plain) is plain
+    with pytest.raises(TypeError, match="plain is a regular callable"):
+        app.async_to_sync(plain)
+
+
+def test_an_apps_own_ensure_sync_is_kept(case: BackendCase) -> None:
+    class OwnFlask(Flask):
+        def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+            events.append("own ensure_sync")
+            return super().ensure_sync(func)
+
+    app = OwnFlask(__name__)
+    app.config.update(LOOPSHIM_BACKEND=case.name, LOOPSHIM_OPTIONS=dict(case.options))
+    LoopShim(app)
+
+    @app.route("/")
+    async def index() -> str:
+        import sniffio
+
+        return sniffio.current_async_library()
+
+    events.clear()
+    expected = "trio" if case.name == "trio" else "asyncio"
+    try:
+        assert app.test_client().get("/").text == expected
+        assert events == ["own ensure_sync"]
+    finally:
+        LoopShim.runner(app).close()
 
 
 def test_import_without_flask_gives_install_hint() -> None:

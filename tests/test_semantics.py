@@ -334,3 +334,287 @@ def test_trio_system_tasks_do_not_inherit_the_first_callers_context(driver: str)
                 assert runner.run(probe) in (["none"], [name])
             finally:
                 request_id.reset(token)
+
+
+# -- what a call sees of its loop, whether or not it ever waits ------------------------
+
+
+async def runs_then_waits(events: list[str]) -> str:
+    request_id.set("before-waiting")
+    events.append("ran without waiting")
+    await anyio.sleep(0.01)
+    events.append("woke once")
+    await anyio.sleep(0)
+    return request_id.get()
+
+
+def test_a_call_may_run_without_waiting_then_wait(runner: loopshim.LoopRunner) -> None:
+    events: list[str] = []
+    started = time.monotonic()
+    assert runner.run(runs_then_waits, events) == "before-waiting"
+    assert time.monotonic() - started >= 0.01
+    assert events == ["ran without waiting", "woke once"]
+    assert request_id.get() == "before-waiting"  # copied back
+    request_id.set("none")
+
+
+def test_inside_a_call_the_loop_is_running(case: BackendCase, runner: loopshim.LoopRunner) -> None:
+    import sniffio
+
+    def firstiter(agen: Any) -> None:
+        pass
+
+    def finalizer(agen: Any) -> None:
+        pass
+
+    async def look_around() -> dict[str, Any]:
+        seen = {
+            "library": sniffio.current_async_library(),
+            "task": anyio.get_current_task().name,
+            "hooks": sys.get_asyncgen_hooks(),
+        }
+        if seen["library"] == "asyncio":
+            import asyncio
+
+            seen["running"] = asyncio.get_running_loop().is_running()
+            seen["current task"] = asyncio.current_task() is not None
+        return seen
+
+    outer = sys.get_asyncgen_hooks()
+    sys.set_asyncgen_hooks(firstiter, finalizer)
+    try:
+        for _ in range(2):  # the first call opens the loop, the second reuses it
+            seen = runner.run(look_around)
+            assert seen["library"] == ("trio" if case.name == "trio" else "asyncio")
+            assert seen["task"]
+            assert seen["hooks"].firstiter is not firstiter  # the loop's own hooks
+            assert sys.get_asyncgen_hooks() == (firstiter, finalizer)  # restored
+            if case.name != "trio":
+                assert seen["running"]
+                assert seen["current task"]
+    finally:
+        sys.set_asyncgen_hooks(*outer)
+
+
+@pytest.mark.parametrize("how", ["set to the same value", "set then reset", "left alone"])
+def test_copy_back_leaves_untouched_variables_alone(runner: loopshim.LoopRunner, how: str) -> None:
+    other: contextvars.ContextVar[str] = contextvars.ContextVar("other")
+
+    async def touch() -> None:
+        value = request_id.get()
+        if how == "set to the same value":
+            request_id.set(value)
+        elif how == "set then reset":
+            request_id.reset(request_id.set("changed"))
+        other.set("set inside")  # always copied back
+
+    token = request_id.set("caller")
+    try:
+        runner.run(touch)
+        assert request_id.get() == "caller"
+        assert other.get() == "set inside"
+    finally:
+        request_id.reset(token)
+
+
+def test_calls_from_a_worker_thread_keep_every_guarantee(case: BackendCase, scope: str) -> None:
+    """A server's worker thread, where no signal can interrupt a call: results,
+    exceptions, context variables, sys.exc_info() and timeouts all still hold."""
+
+    async def slow() -> None:
+        await anyio.sleep(30)
+
+    async def report() -> Any:
+        request_id.set("from the worker's call")
+        return sys.exc_info()[1]
+
+    outcome: dict[str, Any] = {}
+
+    def worker() -> None:
+        with make_runner(case, scope) as runner, make_runner(case, scope, timeout=0.1) as timed:
+            outcome["sum"] = runner.run(add, 2, 3)
+            original = Boom("in a worker")
+            try:
+                runner.run(raise_it, original)
+            except Boom as exc:
+                outcome["same error"] = exc is original
+            handled = Boom("handled")
+            try:
+                raise handled
+            except Boom:
+                outcome["exc_info"] = runner.run(report) is handled
+            outcome["copied back"] = request_id.get()
+            started = time.monotonic()
+            try:
+                timed.run(slow)
+            except TimeoutError:
+                outcome["timed out"] = time.monotonic() - started < 10
+            outcome["usable"] = runner.run(add, 1)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join(30)
+    assert outcome == {
+        "sum": 5,
+        "same error": True,
+        "exc_info": True,
+        "copied back": "from the worker's call",
+        "timed out": True,
+        "usable": 1,
+    }
+
+
+@only_scopes("thread", "call")
+@pytest.mark.timeout(30)
+def test_ctrl_c_while_a_call_waits_cancels_it(case: BackendCase, scope: str) -> None:
+    """SIGINT reaches the main thread while it drives its loop: the coroutine is
+    cancelled and unwinds, KeyboardInterrupt comes out, and the runner stays usable."""
+    import signal
+
+    unwound: list[str] = []
+
+    async def sleeps() -> None:
+        try:
+            await anyio.sleep(10)
+        finally:
+            unwound.append("unwound")
+
+    with make_runner(case, scope) as runner:
+        for _ in range(2):
+            timer = threading.Timer(
+                0.2, signal.pthread_kill, (threading.get_ident(), signal.SIGINT)
+            )
+            timer.start()
+            started = time.monotonic()
+            with pytest.raises(KeyboardInterrupt):
+                runner.run(sleeps)
+            timer.join()
+            assert time.monotonic() - started < 5
+        assert unwound == ["unwound", "unwound"]
+        assert runner.run(add, 1, 2) == 3
+
+
+def test_a_blocking_call_from_a_trio_callback_raises(runner: loopshim.LoopRunner) -> None:
+    """Sync code trio runs outside any task (a run_sync_soon callback) is still on the
+    trio thread: blocking there would stall trio, so it is refused as from a task."""
+    trio = pytest.importorskip("trio")
+    errors: list[BaseException] = []
+
+    def callback() -> None:
+        try:
+            runner.run(add, 1, 1)
+        except BaseException as exc:
+            errors.append(exc)
+
+    async def main() -> None:
+        trio.lowlevel.current_trio_token().run_sync_soon(callback)
+        await trio.sleep(0.05)
+
+    trio.run(main)
+    assert len(errors) == 1
+    assert isinstance(errors[0], loopshim.ReentrantCallError)
+    assert "(trio)" in str(errors[0])
+
+
+# -- asyncio loops driven in the caller's thread -------------------------------------
+
+
+def asyncio_runner(backend: str, scope: str, **options: Any) -> loopshim.LoopRunner:
+    if backend == "uvloop":
+        pytest.importorskip("uvloop")
+    return loopshim.get_runner(backend, scope=scope, cached=False, **options)
+
+
+@pytest.mark.parametrize("scope", ["thread", "call"])
+@pytest.mark.parametrize("backend", ["asyncio", "uvloop"])
+def test_callbacks_a_calls_last_step_schedules_run_before_it_returns(
+    backend: str, scope: str
+) -> None:
+    import asyncio
+
+    events: list[str] = []
+    tasks: list[asyncio.Future[None]] = []
+
+    async def child() -> None:
+        events.append("child started")
+
+    async def schedules_and_returns(wait_first: bool) -> None:
+        if wait_first:
+            await asyncio.sleep(0)
+        asyncio.get_running_loop().call_soon(events.append, "callback")
+        tasks.append(asyncio.ensure_future(child()))
+
+    with asyncio_runner(backend, scope) as runner:
+        for wait_first in (False, True):
+            events.clear()
+            runner.run(schedules_and_returns, wait_first)
+            assert events == ["callback", "child started"]
+
+
+@pytest.mark.parametrize("scope", ["thread", "call"])
+def test_stopping_the_loop_inside_a_call(scope: str) -> None:
+    """As with run_until_complete: a call that stops the loop and then waits fails, one
+    that returns at once is fine, and the loop stays usable."""
+    import asyncio
+
+    async def stops_then_waits() -> None:
+        asyncio.get_running_loop().stop()
+        await asyncio.sleep(0)
+
+    async def stops_then_returns() -> str:
+        asyncio.get_running_loop().stop()
+        return "returned"
+
+    with asyncio_runner("asyncio", scope) as runner:
+        with pytest.raises(RuntimeError, match="stopped before"):
+            runner.run(stops_then_waits)
+        assert runner.run(stops_then_returns) == "returned"
+        assert runner.run(add, 1, 2) == 3
+
+
+@pytest.mark.parametrize("scope", ["thread", "process"])
+@pytest.mark.parametrize("backend", ["asyncio", "uvloop"])
+def test_a_task_factory_set_on_the_loop_makes_later_calls_tasks(backend: str, scope: str) -> None:
+    import asyncio
+
+    made: list[str] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        made.append(coro.__qualname__)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    async def install() -> None:
+        asyncio.get_running_loop().set_task_factory(factory)
+
+    with asyncio_runner(backend, scope) as runner:
+        runner.run(install)
+        assert runner.run(add, 2, 2) == 4
+    assert made[0] == "_execute"  # the next call's task
+
+
+@pytest.mark.parametrize("scope", ["thread", "call"])
+def test_a_loop_class_with_its_own_run_forever_is_run_through_it(scope: str) -> None:
+    import asyncio
+
+    runs: list[str] = []
+
+    class Instrumented(asyncio.SelectorEventLoop):
+        def run_forever(self) -> None:
+            runs.append("run_forever")
+            super().run_forever()
+
+    with asyncio_runner("asyncio", scope, loop_factory=Instrumented) as runner:
+        assert runner.run(add, 1, 1) == 2
+        assert runner.run(add, 2, 2) == 4
+    assert runs[:2] == ["run_forever", "run_forever"]
+
+
+@pytest.mark.parametrize("scope", ["thread", "call"])
+def test_debug_mode_reports_slow_steps(scope: str, caplog: pytest.LogCaptureFixture) -> None:
+    async def blocks_the_loop() -> None:
+        time.sleep(0.15)
+
+    runner = asyncio_runner("asyncio", scope, debug=True)
+    with runner, caplog.at_level("WARNING", logger="asyncio"):
+        runner.run(blocks_the_loop)
+    assert any("took" in record.getMessage() for record in caplog.records)

@@ -60,13 +60,31 @@ if sys.version_info >= (3, 12):
     def _start_eagerly(
         loop: asyncio.AbstractEventLoop, job: Job[Any], jobs: set[Job[Any]] | None
     ) -> None:
-        # On a running loop, an eager task takes its first step now instead of one loop
-        # iteration later: a call that never waits finishes within this callback.
+        """On a running loop, an eager task takes its first step now instead of one loop
+        iteration later: a call that never waits finishes within this callback."""
+        if loop.get_task_factory() is not None:
+            _start(loop, job, jobs)
+            return
         job.handle = asyncio.Task(
             _execute(job, jobs), loop=loop, context=job.context, eager_start=True
         )
+
 else:
-    _start_eagerly = _start
+
+    def _start_eagerly(
+        loop: asyncio.AbstractEventLoop, job: Job[Any], jobs: set[Job[Any]] | None
+    ) -> None:
+        """Before 3.12 asyncio has no eager tasks; on its own loop the same effect: make
+        the task, then take its first step — the callback it has just queued — now,
+        unless this runs inside another task (a spawn from a coroutine on the loop)."""
+        _start(loop, job, jobs)
+        ready: collections.deque[Any] = loop._ready  # type: ignore[attr-defined]
+        if (
+            ready
+            and getattr(ready[-1]._callback, "__self__", None) is job.handle
+            and asyncio.current_task(loop) is None
+        ):
+            ready.pop()._run()
 
 
 async def _cancel_and_wait(tasks: set[asyncio.Task[Any]]) -> None:
@@ -125,7 +143,7 @@ def _shut_down_within(executor: concurrent.futures.ThreadPoolExecutor, seconds: 
 
 
 def drives_directly(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether :class:`AsyncioDrivenLoop` may drive *loop* itself rather than through
+    """Whether :class:`DirectlyDrivenLoop` may drive *loop* itself rather than through
     ``run_until_complete``: a loop whose running machinery is asyncio's own
     ``BaseEventLoop`` (the standard selector loop and subclasses that keep it; not
     uvloop, not the Windows proactor loop)."""
@@ -177,10 +195,11 @@ class DirectlyDrivenLoop(AsyncioDrivenLoop):
     """A loop that :func:`drives_directly` accepts, driven without
     ``run_until_complete``.
 
-    That is what ``run_until_complete`` does, minus what a call never needs: no done
+    It does what ``run_until_complete`` does, minus what a call never needs: no done
     callback to stop the loop, and no I/O poll before the task's first step or after its
     last one. A call that never waits costs one pass over the ready callbacks; one that
-    waits runs full loop iterations (I/O, timers) until it is done.
+    waits runs full loop iterations (I/O, timers) until it is done. The private pieces
+    used are those ``run_forever`` itself uses.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -206,6 +225,8 @@ class DirectlyDrivenLoop(AsyncioDrivenLoop):
             try:
                 ready = loop._ready
                 if not job.done:  # what was queued first, then the task's first step
+                    if loop._stopping:  # stop() in an eager first step
+                        raise RuntimeError("Event loop stopped before the call finished.")
                     _run_ready(ready)
                 while not job.done:
                     if loop._stopping:

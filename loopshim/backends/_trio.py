@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -45,8 +46,10 @@ def instruments(options: CommonOptions) -> tuple[trio.abc.Instrument, ...]:
 
 
 async def _execute_unscoped(job: Job[Any]) -> None:
-    """For a job only its own run can cancel (``trio.run`` delivers Ctrl-C itself), and
-    without a timeout: no cancel scope needed."""
+    """For a job nothing outside its coroutine cancels — no timeout, and no Ctrl-C to
+    deliver (``trio.run`` delivers it itself; signals never reach a thread other than the
+    main one) — no cancel scope is needed, and entering one is a good part of a call's
+    cost."""
     if job.timeout is not None:
         await _execute(job)
         return
@@ -198,7 +201,10 @@ class TrioBackend(Backend):
 
     def open_loop(self, options: CommonOptions) -> DrivenLoop:
         if self.driver == "internal":
-            return _trio_driver.TrioDrivenLoop(_execute, instruments(options))
+            # A thread-scope loop is driven only by the thread that opens it.
+            interruptible = threading.current_thread() is threading.main_thread()
+            execute = _execute if interruptible else _execute_unscoped
+            return _trio_driver.TrioDrivenLoop(execute, instruments(options))
         return FreshRunLoop(options)
 
     def run_fresh(self, job: Job[Any], options: CommonOptions) -> None:
