@@ -161,6 +161,109 @@ def _anyio_portal(backend: str, options: dict[str, Any]) -> Callable[..., Prepar
     return setup
 
 
+def _new_loop(library: str) -> Any:
+    if library == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    import asyncio
+
+    return asyncio.new_event_loop()
+
+
+def _loop_per_thread(library: str) -> Callable[..., Prepared]:
+    """The recipe of keeping one event loop per thread and calling its
+    ``run_until_complete``: about the least a thread-scope call can cost on *library*."""
+
+    def setup(stack: contextlib.ExitStack[Any]) -> Prepared:
+        local = threading.local()
+        made: list[Any] = []
+
+        @stack.callback
+        def close_loops() -> None:
+            for loop in made:
+                loop.close()
+
+        def loop_of_thread() -> Any:
+            loop = getattr(local, "loop", None)
+            if loop is None:
+                loop = local.loop = _new_loop(library)
+                made.append(loop)
+            return loop
+
+        def to_sync(fn: AsyncFn) -> Callable[..., Any]:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                return loop_of_thread().run_until_complete(fn(*args, **kwargs))
+
+            return call
+
+        return Prepared(to_sync, _override_flask(to_sync))
+
+    return setup
+
+
+def _loop_thread(library: str) -> Callable[..., Prepared]:
+    """The recipe of one loop in a background thread and ``run_coroutine_threadsafe``:
+    about the least a process-scope call can cost on *library*."""
+
+    def setup(stack: contextlib.ExitStack[Any]) -> Prepared:
+        import asyncio
+
+        loop = _new_loop(library)
+        thread = threading.Thread(target=loop.run_forever, name=f"bench-{library}-loop")
+        thread.start()
+
+        def stop() -> None:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
+            loop.close()
+
+        stack.callback(stop)
+
+        def to_sync(fn: AsyncFn) -> Callable[..., Any]:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                return asyncio.run_coroutine_threadsafe(fn(*args, **kwargs), loop).result()
+
+            return call
+
+        return Prepared(to_sync, _override_flask(to_sync))
+
+    return setup
+
+
+def _trio_thread(stack: contextlib.ExitStack[Any]) -> Prepared:
+    """trio's recipe for the same: ``trio.run`` in a background thread, and
+    ``trio.from_thread.run`` with its token."""
+    import trio
+
+    started = threading.Event()
+    handles: dict[str, Any] = {}
+
+    async def serve() -> None:
+        handles["token"] = trio.lowlevel.current_trio_token()
+        handles["stop"] = stop = trio.Event()
+        started.set()
+        await stop.wait()
+
+    thread = threading.Thread(target=trio.run, args=(serve,), name="bench-trio-loop")
+    thread.start()
+    started.wait()
+    token = handles["token"]
+
+    @stack.callback
+    def stop() -> None:
+        trio.from_thread.run_sync(handles["stop"].set, trio_token=token)
+        thread.join()
+
+    def to_sync(fn: AsyncFn) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return trio.from_thread.run(functools.partial(fn, *args, **kwargs), trio_token=token)
+
+        return call
+
+    return Prepared(to_sync, _override_flask(to_sync))
+
+
 #: The peers, in table order; the first is the baseline.
 PEERS: Final[tuple[Contender, ...]] = (
     Contender(BASELINE, "Flask default (asgiref)", _flask_default, ("asgiref",)),
@@ -180,6 +283,16 @@ PEERS: Final[tuple[Contender, ...]] = (
     Contender(
         "anyio-portal-trio", "anyio portal trio", _anyio_portal("trio", {}), ("anyio", "trio")
     ),
+    Contender("loop-per-thread-asyncio", "asyncio loop per thread", _loop_per_thread("asyncio")),
+    Contender(
+        "loop-per-thread-uvloop",
+        "uvloop loop per thread",
+        _loop_per_thread("uvloop"),
+        ("uvloop",),
+    ),
+    Contender("loop-thread-asyncio", "asyncio loop thread", _loop_thread("asyncio")),
+    Contender("loop-thread-uvloop", "uvloop loop thread", _loop_thread("uvloop"), ("uvloop",)),
+    Contender("loop-thread-trio", "trio loop thread", _trio_thread, ("trio",)),
 )
 
 

@@ -153,7 +153,7 @@ def test_info_tells_what_to_install_for_a_missing_backend() -> None:
 def bench_run(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
-    """One short run with every peer, two scopes, a coroutine and a Flask workload."""
+    """One short run with every peer, two scopes, a coroutine and the Flask workloads."""
     pytest.importorskip("flask")
     pytest.importorskip("matplotlib")
     tmp = tmp_path_factory.mktemp("bench")
@@ -165,7 +165,7 @@ def bench_run(
         "--workloads",
         "noop",
         "--workloads",
-        "flask-async",
+        "flask-sync,flask-async",
         "--duration=0.02",
         "--rounds=2",
         f"--json={report}",
@@ -183,11 +183,14 @@ def test_bench_prints_a_table_per_workload(
     assert done.stderr == ""  # no progress display when stderr is not a terminal
     out = done.stdout
     sections = {line.split(":")[0]: line for line in out.splitlines() if line and line[0] != " "}
-    assert {"noop", "flask-async"} <= set(sections)
+    assert {"noop", "flask-sync", "flask-async"} <= set(sections)
     assert "checkpoints" not in sections
     headers = [line.split() for line in out.splitlines() if line.strip().startswith("contender")]
-    assert headers == [["contender", "median", "p95", "calls/s", "speed-up"]] * 2
-    for label in ["loopshim asyncio thread", "loopshim asyncio process"] + [p.label for p in PEERS]:
+    assert headers == [["contender", "median", "p95", "calls/s", "speed-up"]] * 3
+    # flask-sync runs no async code: only loopshim's rows and the baseline take part.
+    for label in ["loopshim asyncio thread", "loopshim asyncio process", PEERS[0].label]:
+        assert out.count(f"  {label} ") == 3, label
+    for label in [p.label for p in PEERS[1:]]:
         assert out.count(f"  {label} ") == 2, label
     baseline_rows = [line for line in out.splitlines() if "Flask default (asgiref)" in line]
     assert all(line.rstrip().endswith("1.00x") for line in baseline_rows)
@@ -205,13 +208,15 @@ def test_bench_json_has_every_documented_field(
     assert document["command"][:2] == ["loopshim", "bench"]
     assert document["machine"]["python"] == ".".join(map(str, sys.version_info[:3]))
     assert document["versions"]["loopshim"] == loopshim.__version__
-    assert document["settings"]["workloads"] == ["noop", "flask-async"]
+    assert document["settings"]["workloads"] == ["noop", "flask-sync", "flask-async"]
     assert document["settings"]["scopes"] == ["thread", "process"]
     assert document["settings"]["duration"] == 0.02
     results = document["results"]
     keys = {(r["workload"], r["contender"]) for r in results}
     contenders = ["loopshim-asyncio-thread", "loopshim-asyncio-process"] + [p.key for p in PEERS]
-    assert keys == {(w, c) for w in ("noop", "flask-async") for c in contenders}
+    assert keys == {(w, c) for w in ("noop", "flask-async") for c in contenders} | {
+        ("flask-sync", c) for c in contenders[:3]
+    }
     for result in results:
         assert set(result) == RESULT_FIELDS
         if result["status"] != "ok":
@@ -231,7 +236,24 @@ def test_bench_json_has_every_documented_field(
         assert shim["speedup_vs_flask_default"] == pytest.approx(
             base["median_s"] / shim["median_s"]
         )
-    assert all(set(t) == {"text", "ok", "measured"} for t in document["targets"])
+    assert all(set(t) == {"text", "ok", "measured", "reference"} for t in document["targets"])
+
+
+def test_bench_flask_targets_show_the_hand_rolled_floor(
+    bench_run: tuple[subprocess.CompletedProcess[str], Path, Path],
+) -> None:
+    done, report, _ = bench_run
+    assert done.returncode == 0, done.stderr
+    by_key = {(r["workload"], r["contender"]): r for r in json.loads(report.read_text())["results"]}
+    sync_view = by_key["flask-sync", "flask-default"]["median_s"]
+    for scope, peer in (("thread", "loop-per-thread-asyncio"), ("process", "loop-thread-asyncio")):
+        ratio = by_key["flask-async", f"loopshim-asyncio-{scope}"]["median_s"] / sync_view
+        floor = by_key["flask-async", peer]
+        expected = (
+            f"flask-async: asyncio {scope} <= {1.15 if scope == 'thread' else 1.5}x a sync view: "
+            f"{ratio:.2f}x (hand-rolled, {floor['label']}: {floor['median_s'] / sync_view:.2f}x)"
+        )
+        assert expected in done.stdout
 
 
 def test_bench_plot_is_a_png_drawn_by_matplotlib(

@@ -15,6 +15,7 @@ import pytest
 from conftest import BackendCase, make_runner, only_scopes
 
 import loopshim
+from loopshim._options import SCOPES
 
 
 def _fds() -> int:
@@ -367,6 +368,41 @@ if sys.version_info >= (3, 12):  # shutdown_default_executor(timeout) is new in 
             runner.run(blocks_a_worker_thread)
         assert time.monotonic() - started < 3
         runner.close()
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+@pytest.mark.parametrize("backend", ["asyncio", "uvloop"])
+def test_the_default_executor_works_and_is_stopped_at_close(backend: str, scope: str) -> None:
+    if backend == "uvloop":
+        pytest.importorskip("uvloop")
+    import asyncio
+
+    async def in_executor() -> threading.Thread:
+        return await asyncio.get_running_loop().run_in_executor(None, threading.current_thread)
+
+    runner = loopshim.get_runner(backend, scope=scope, cached=False)
+    workers = {runner.run(in_executor) for _ in range(3)}
+    assert threading.current_thread() not in workers
+    runner.close()
+    for worker in workers:
+        worker.join(5)
+        assert not worker.is_alive(), worker
+
+
+def test_uvloop_executor_is_set_up_at_its_first_job_only() -> None:
+    from loopshim.backends._asyncio import _LazyExecutor
+
+    unused = _LazyExecutor()
+    unused.shutdown()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        unused.submit(int)
+    used = _LazyExecutor()
+    assert used.submit(int, "7").result(5) == 7
+    (worker,) = used._threads
+    used.shut_down_within(5)
+    assert not worker.is_alive()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        used.submit(int)
 
 
 def test_a_dropped_runner_is_still_drained_at_exit(tmp_path: Any) -> None:

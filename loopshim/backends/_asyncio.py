@@ -109,7 +109,7 @@ async def _finalize(state: LoopState, grace: float, jobs: set[Job[Any]] | None =
     await loop.shutdown_asyncgens()
     executor = _own_executors.pop(id(loop), None)
     if executor is not None:
-        _shut_down_within(executor, CANCEL_GRACE)
+        executor.shut_down_within(CANCEL_GRACE)
     elif sys.version_info >= (3, 12):
         # Bounded: a worker thread stuck in blocking code must not hang close() (or a
         # call-scope call, whose TimeoutError waits for its loop to close). Before 3.12
@@ -119,27 +119,54 @@ async def _finalize(state: LoopState, grace: float, jobs: set[Job[Any]] | None =
         await loop.shutdown_default_executor()
 
 
+class _LazyExecutor(concurrent.futures.ThreadPoolExecutor):
+    """A uvloop loop's default executor, set up at its first job: most loops never use
+    one, and setting up a thread pool costs a fifth of a whole call-scope call."""
+
+    def __init__(self) -> None:  # the pool's own set-up waits for the first job
+        self._setup_lock = threading.Lock()
+        self._stage = "idle"  # then "running" (a pool is set up) or "closed"
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        if self._stage != "running":
+            with self._setup_lock:
+                if self._stage == "closed":
+                    raise RuntimeError("cannot schedule new futures after shutdown")
+                if self._stage == "idle":
+                    super().__init__(thread_name_prefix="loopshim-executor")
+                    self._stage = "running"
+        return super().submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._setup_lock:
+            if self._stage == "idle":
+                self._stage = "closed"
+        if self._stage == "running":
+            super().shutdown(wait, cancel_futures=cancel_futures)
+
+    def shut_down_within(self, seconds: float) -> None:
+        """Stop the pool, waiting at most *seconds* for its threads."""
+        self.shutdown(wait=False, cancel_futures=True)
+        if self._stage != "running":
+            return
+        deadline = time.monotonic() + seconds
+        for thread in list(self._threads):
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
 #: uvloop's ``shutdown_default_executor`` waits for its threads whatever the timeout, so
 #: uvloop loops get a default executor loopshim can stop without waiting (by ``id``
 #: of the loop; removed when the loop is finalized).
-_own_executors: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
+_own_executors: dict[int, _LazyExecutor] = {}
 
 
 def _new_loop(factory: LoopFactory) -> asyncio.AbstractEventLoop:
     loop = factory()
     if type(loop).__module__.startswith("uvloop"):
-        executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="loopshim-executor")
+        executor = _LazyExecutor()
         loop.set_default_executor(executor)
         _own_executors[id(loop)] = executor
     return loop
-
-
-def _shut_down_within(executor: concurrent.futures.ThreadPoolExecutor, seconds: float) -> None:
-    """Stop *executor*, waiting at most *seconds* for its threads (on the finishing loop)."""
-    executor.shutdown(wait=False, cancel_futures=True)
-    deadline = time.monotonic() + seconds
-    for thread in list(executor._threads):
-        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def drives_directly(loop: asyncio.AbstractEventLoop) -> bool:
