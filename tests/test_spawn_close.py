@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -303,6 +304,43 @@ def test_spawned_future_settles_when_the_loop_thread_dies(
     # its future already said RunnerClosed.
     gc.collect()
     assert not [r for r in caplog.records if "background task" in r.getMessage()]
+
+
+def test_a_dead_loops_tasks_say_nothing_more_at_exit() -> None:
+    """The death is logged once; the tasks it left behind, destroyed at some later
+    garbage collection (here: at exit), are not each reported as destroyed but pending."""
+    import subprocess
+
+    script = """
+import asyncio, sys, threading, anyio, loopshim
+
+runner = loopshim.get_runner("asyncio", cached=False)
+started = threading.Event()
+
+async def waits():
+    started.set()
+    await asyncio.sleep(60)
+
+async def kill_loop():
+    asyncio.get_running_loop().call_soon(sys.exit)
+
+future = runner.spawn(waits)
+started.wait(10)
+runner.spawn(kill_loop)
+try:
+    future.result(timeout=10)
+except loopshim.RunnerClosed:
+    print("settled")
+runner.run(anyio.sleep, 0)
+runner.close()
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "settled\n"
+    assert re.search(r"loop thread \S+ died", done.stderr), done.stderr
+    assert "destroyed but it is pending" not in done.stderr
 
 
 def test_cancelling_a_background_future_as_it_settles_never_breaks_the_loop() -> None:

@@ -336,6 +336,13 @@ class AsyncioLoopThread(LoopThread):
         self._loop = loop
         try:
             loop.run_until_complete(self._lifetime())
+        except BaseException:
+            # The loop died: LoopThread logs it, and every job's future gets RunnerClosed.
+            # The tasks left behind are destroyed whenever the garbage collector gets to
+            # them, where asyncio would log each as "destroyed but pending", long after.
+            for task in asyncio.all_tasks(loop):
+                task._log_destroy_pending = False  # type: ignore[attr-defined]
+            raise
         finally:
             loop.close()
 
