@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
 import logging
 import os
 import selectors
@@ -64,8 +65,20 @@ def describe_blocker(frame: FrameType | None) -> tuple[str, str]:
         return "the loop's own machinery", _format(stack[-8:])
     outer = user[0]
     code = outer.f_code
-    name = f"{outer.f_globals.get('__name__', '?')}.{getattr(code, 'co_qualname', code.co_name)}"
+    name = f"{outer.f_globals.get('__name__', '?')}.{_qualname(outer)}"
     return f"{name} ({code.co_filename}:{outer.f_lineno})", _format(user[-8:])
+
+
+def _qualname(frame: FrameType) -> str:
+    qualname: str | None = getattr(frame.f_code, "co_qualname", None)  # Python 3.11+
+    if qualname is not None:
+        return qualname
+    # Before 3.11 a code object knows only its short name, but the coroutine or generator
+    # running the frame knows its qualified one. Searched only when a warning is due.
+    for holder in gc.get_referrers(frame):
+        if frame in (getattr(holder, "cr_frame", None), getattr(holder, "gi_frame", None)):
+            return str(holder.__qualname__)
+    return frame.f_code.co_name
 
 
 def _format(frames: list[FrameType]) -> str:
