@@ -92,13 +92,14 @@ class Contender:
         return "loopshim" if self.backend is not None else "peer"
 
 
-def _override_flask(to_sync: ToSync) -> Callable[[Any], None]:
-    """What Flask's docs suggest for another loop: replace the app's async_to_sync."""
+def _prepared_peer(to_sync: ToSync) -> Prepared:
+    """A peer prepared as Flask's docs suggest for another loop: it replaces the app's
+    async_to_sync."""
 
     def install(app: Any) -> None:
         app.async_to_sync = to_sync
 
-    return install
+    return Prepared(to_sync, install)
 
 
 def _leave_flask_alone(app: Any) -> None:
@@ -144,8 +145,7 @@ def _run_peer(module: str, adapt: Callable[[Any], ToSync]) -> Callable[..., Prep
     """The set-up of a peer that runs each call with ``<module>.run``."""
 
     def setup(stack: contextlib.ExitStack[Any]) -> Prepared:
-        to_sync = adapt(importlib.import_module(module).run)
-        return Prepared(to_sync, _override_flask(to_sync))
+        return _prepared_peer(adapt(importlib.import_module(module).run))
 
     return setup
 
@@ -155,8 +155,7 @@ def _anyio_portal(backend: str, options: dict[str, Any]) -> Callable[..., Prepar
         from anyio.from_thread import start_blocking_portal
 
         portal = stack.enter_context(start_blocking_portal(backend, options))
-        to_sync = _runs_with(portal.call)
-        return Prepared(to_sync, _override_flask(to_sync))
+        return _prepared_peer(_runs_with(portal.call))
 
     return setup
 
@@ -191,13 +190,9 @@ def _loop_per_thread(library: str) -> Callable[..., Prepared]:
                 made.append(loop)
             return loop
 
-        def to_sync(fn: AsyncFn) -> Callable[..., Any]:
-            def call(*args: Any, **kwargs: Any) -> Any:
-                return loop_of_thread().run_until_complete(fn(*args, **kwargs))
-
-            return call
-
-        return Prepared(to_sync, _override_flask(to_sync))
+        return _prepared_peer(
+            _takes_coroutine(lambda coro: loop_of_thread().run_until_complete(coro))
+        )
 
     return setup
 
@@ -220,13 +215,9 @@ def _loop_thread(library: str) -> Callable[..., Prepared]:
 
         stack.callback(stop)
 
-        def to_sync(fn: AsyncFn) -> Callable[..., Any]:
-            def call(*args: Any, **kwargs: Any) -> Any:
-                return asyncio.run_coroutine_threadsafe(fn(*args, **kwargs), loop).result()
-
-            return call
-
-        return Prepared(to_sync, _override_flask(to_sync))
+        return _prepared_peer(
+            _takes_coroutine(lambda coro: asyncio.run_coroutine_threadsafe(coro, loop).result())
+        )
 
     return setup
 
@@ -255,13 +246,7 @@ def _trio_thread(stack: contextlib.ExitStack[Any]) -> Prepared:
         trio.from_thread.run_sync(handles["stop"].set, trio_token=token)
         thread.join()
 
-    def to_sync(fn: AsyncFn) -> Callable[..., Any]:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return trio.from_thread.run(functools.partial(fn, *args, **kwargs), trio_token=token)
-
-        return call
-
-    return Prepared(to_sync, _override_flask(to_sync))
+    return _prepared_peer(_runs_with(functools.partial(trio.from_thread.run, trio_token=token)))
 
 
 #: The peers, in table order; the first is the baseline.

@@ -86,16 +86,10 @@ class Target:
 _RUN_PEER: Final = {name: f"{name}.run" for name in BUILTIN_BACKENDS}
 
 
-#: Per scope and backend, the peer doing the least that loopshim's call must do too: a
-#: loop reused in the calling thread, or a hop to a loop in another thread and back.
-_FLOOR_PEER: Final[dict[str, dict[str, str]]] = {
-    "thread": {"asyncio": "loop-per-thread-asyncio", "uvloop": "loop-per-thread-uvloop"},
-    "process": {
-        "asyncio": "loop-thread-asyncio",
-        "uvloop": "loop-thread-uvloop",
-        "trio": "loop-thread-trio",
-    },
-}
+#: Per scope, the peer (for a backend) doing the least that loopshim's call must do too:
+#: a loop reused in the calling thread, or a hop to a loop in another thread and back.
+#: trio has no loop to keep per thread, so no thread-scope peer: that cell is not found.
+_FLOOR_PEER: Final = {"thread": "loop-per-thread-{}", "process": "loop-thread-{}"}
 
 
 def _per_call_targets(result: BenchResult, backend: str) -> list[Target]:
@@ -137,7 +131,7 @@ def _flask_targets(result: BenchResult, backend: str) -> list[Target]:
             continue
         ratio = cell.median_s / sync_view.median_s
         text = f"flask-async: {backend} {scope} <= {limit}x a sync view"
-        floor = result.measured_cell("flask-async", _FLOOR_PEER[scope].get(backend, ""))
+        floor = result.measured_cell("flask-async", _FLOOR_PEER[scope].format(backend))
         reference = ""
         if floor is not None:
             reference = f"{floor.label}: {floor.median_s / sync_view.median_s:.2f}x"

@@ -939,6 +939,12 @@ class SyncCall(functools.partial[Any]):
         return f"<loopshim sync caller for {self.args[0]!r}>"
 
 
+def is_plain_async_def(fn: object) -> bool:
+    """Whether *fn* is a plain ``async def`` function: the common case, recognised
+    without inspect's general checks."""
+    return type(fn) is types.FunctionType and bool(fn.__code__.co_flags & inspect.CO_COROUTINE)
+
+
 def direct_call(runner: LoopRunner) -> Callable[..., Any] | None:
     """What a :class:`SyncCall` for *runner* calls — ``call(async_fn, *args, **kwargs)``
     — for loopshim's own runners; None for any other :class:`LoopRunner`."""
@@ -954,8 +960,7 @@ def sync_caller_maker(runner: LoopRunner) -> Callable[[Callable[..., Any]], Call
         return runner.wrap
 
     def make(fn: Callable[..., Any]) -> Callable[..., Any]:
-        # A plain ``async def`` function passes without inspect's general checks.
-        if not (type(fn) is types.FunctionType and fn.__code__.co_flags & inspect.CO_COROUTINE):
+        if not is_plain_async_def(fn):
             check_async_callable(fn, "async_to_sync")
         return SyncCall(call, fn)
 

@@ -17,7 +17,6 @@ receivers, ``copy_current_request_context`` — on the backend you choose.
 from __future__ import annotations
 
 import functools
-import inspect
 import types
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ParamSpec, TypeVar
@@ -34,7 +33,14 @@ from ._ensure_sync import isolate_requests
 from ._errors import OptionError
 from ._options import DEFAULT_SCOPE
 from ._registry import get_runner
-from ._runner import LoopRunner, SyncCall, direct_call, is_async_callable, sync_caller_maker
+from ._runner import (
+    LoopRunner,
+    SyncCall,
+    direct_call,
+    is_async_callable,
+    is_plain_async_def,
+    sync_caller_maker,
+)
 
 __all__ = ["LoopShim", "copy_current_request_context"]
 
@@ -75,7 +81,7 @@ class _AppState:
     def _use(self, runner: LoopRunner) -> None:
         #: Makes the synchronous callable Flask gets for an async function.
         self.async_to_sync = sync_caller_maker(runner)
-        #: For a plain async function, known to be one: call it with this.
+        #: For a plain async function, known to be one: call it with this, unchecked.
         self.call = direct_call(runner)
 
     def install(self, app: flask.Flask) -> None:
@@ -94,13 +100,12 @@ def _quick_ensure_sync(app: flask.Flask, state: _AppState) -> Callable[..., Any]
     )
 
     def ensure_sync(func: Callable[..., Any]) -> Callable[..., Any]:
-        if type(func) is types.FunctionType:
-            if func.__code__.co_flags & inspect.CO_COROUTINE:
-                call = state.call
-                return SyncCall(call, func) if call is not None else state.async_to_sync(func)
-            # A sync function counts as async if inspect.markcoroutinefunction marked it.
-            if getattr(func, "_is_coroutine_marker", None) is None:
-                return func
+        if is_plain_async_def(func):
+            call = state.call
+            return SyncCall(call, func) if call is not None else state.async_to_sync(func)
+        # A plain sync function, unless inspect.markcoroutinefunction marked it as async.
+        if type(func) is types.FunctionType and getattr(func, "_is_coroutine_marker", None) is None:
+            return func
         return general(func)
 
     return ensure_sync

@@ -83,3 +83,10 @@ def runner(case: BackendCase, scope: str) -> Iterator[loopshim.LoopRunner]:
 
 def make_runner(case: BackendCase, scope: str, **options: Any) -> loopshim.LoopRunner:
     return loopshim.get_runner(case.name, scope=scope, cached=False, **case.options, **options)
+
+
+def asyncio_runner(backend: str, scope: str, **options: Any) -> loopshim.LoopRunner:
+    """A private runner on "asyncio" or "uvloop" (skipped if uvloop is not installed)."""
+    if backend == "uvloop":
+        pytest.importorskip("uvloop")
+    return loopshim.get_runner(backend, scope=scope, cached=False, **options)

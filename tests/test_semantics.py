@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import BackendCase, make_runner, only_scopes
+from conftest import BackendCase, asyncio_runner, make_runner, only_scopes
 
 import loopshim
 
@@ -517,12 +517,6 @@ def test_a_blocking_call_from_a_trio_callback_raises(runner: loopshim.LoopRunner
 
 
 # -- asyncio loops driven in the caller's thread -------------------------------------
-
-
-def asyncio_runner(backend: str, scope: str, **options: Any) -> loopshim.LoopRunner:
-    if backend == "uvloop":
-        pytest.importorskip("uvloop")
-    return loopshim.get_runner(backend, scope=scope, cached=False, **options)
 
 
 @pytest.mark.parametrize("scope", ["thread", "call"])

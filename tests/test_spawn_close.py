@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import BackendCase, make_runner, only_scopes
+from conftest import BackendCase, asyncio_runner, make_runner, only_scopes
 
 import loopshim
 from loopshim._options import SCOPES
@@ -389,8 +389,6 @@ if sys.version_info >= (3, 12):  # shutdown_default_executor(timeout) is new in 
         backend: str, scope: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """asyncio's default executor: closing the call's loop waits for it, boundedly."""
-        if backend == "uvloop":
-            pytest.importorskip("uvloop")
         import asyncio
 
         from loopshim.backends import _asyncio
@@ -400,7 +398,7 @@ if sys.version_info >= (3, 12):  # shutdown_default_executor(timeout) is new in 
         async def blocks_a_worker_thread() -> None:
             await asyncio.to_thread(time.sleep, 5)
 
-        runner = loopshim.get_runner(backend, scope=scope, cached=False, timeout=0.2)
+        runner = asyncio_runner(backend, scope, timeout=0.2)
         started = time.monotonic()
         with pytest.raises(TimeoutError):
             runner.run(blocks_a_worker_thread)
@@ -411,14 +409,12 @@ if sys.version_info >= (3, 12):  # shutdown_default_executor(timeout) is new in 
 @pytest.mark.parametrize("scope", SCOPES)
 @pytest.mark.parametrize("backend", ["asyncio", "uvloop"])
 def test_the_default_executor_works_and_is_stopped_at_close(backend: str, scope: str) -> None:
-    if backend == "uvloop":
-        pytest.importorskip("uvloop")
     import asyncio
 
     async def in_executor() -> threading.Thread:
         return await asyncio.get_running_loop().run_in_executor(None, threading.current_thread)
 
-    runner = loopshim.get_runner(backend, scope=scope, cached=False)
+    runner = asyncio_runner(backend, scope)
     workers = {runner.run(in_executor) for _ in range(3)}
     assert threading.current_thread() not in workers
     runner.close()
