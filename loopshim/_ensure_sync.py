@@ -3,14 +3,14 @@ WSGI integrations share. Neither imports Flask or werkzeug."""
 
 from __future__ import annotations
 
-import contextvars
+import contextlib
 import functools
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ._registry import get_runner
-from ._runner import is_async_callable
+from ._runner import CopyBackLog, copied_back, is_async_callable
 
 __all__ = ["ensure_sync", "isolate_requests"]
 
@@ -36,38 +36,84 @@ def ensure_sync(func: Callable[..., Any]) -> Callable[..., Any]:
     return get_runner().wrap(func)
 
 
-class _ContextIterable:
-    """A WSGI response iterable whose iteration and ``close()`` run in one context."""
+class _RequestEnd:
+    """A WSGI response iterable that ends the request's isolation when it is closed."""
 
-    __slots__ = ("_context", "_iterable", "_iterator")
+    __slots__ = ("_iterable", "_iterator", "_log")
 
-    def __init__(self, context: contextvars.Context, iterable: Iterable[bytes]) -> None:
-        self._context = context
+    def __init__(self, iterable: Iterable[bytes], log: CopyBackLog) -> None:
         self._iterable = iterable
         self._iterator: Iterator[bytes] | None = None
+        self._log = log
 
     def __iter__(self) -> Iterator[bytes]:
         return self
 
     def __next__(self) -> bytes:
-        if self._iterator is None:
-            self._iterator = self._context.run(iter, self._iterable)
-        return self._context.run(next, self._iterator)
+        log = self._log
+        log.busy += 1
+        try:
+            if self._iterator is None:
+                self._iterator = iter(self._iterable)
+            return next(self._iterator)
+        finally:
+            log.busy -= 1
 
     def close(self) -> None:
-        close = getattr(self._iterable, "close", None)
-        if close is not None:
-            self._context.run(close)
+        try:
+            close = getattr(self._iterable, "close", None)
+            if close is not None:
+                close()
+        finally:
+            _end(self._log)
+
+
+def _end(log: CopyBackLog) -> None:
+    """Reset what was copied back during the request, newest first, and the log."""
+    for token in reversed(log.tokens):
+        # A token made in another context (a coroutine's nested call) or reset already
+        # (the app reset its own variable) needs nothing from us.
+        with contextlib.suppress(ValueError, RuntimeError):
+            token.var.reset(token)
+    log.tokens.clear()
+    own, log.own = log.own, None
+    if own is not None:
+        with contextlib.suppress(ValueError, RuntimeError):
+            copied_back.reset(own)
 
 
 def isolate_requests(wsgi_app: WSGIApp) -> WSGIApp:
-    """Run each request — the call and the iteration of its response — in its own copy
-    of the server thread's context, so values that async code copies back to the caller
-    never reach the next request served by the same thread."""
+    """Keep what a request's coroutines set in context variables within that request.
+
+    loopshim copies the variables a coroutine sets back into its caller's context, the
+    server thread's. For the length of each request those copies are recorded, and reset
+    when it ends: when the server closes its response, as every WSGI server does, or at
+    the latest when the next request starts in the same context (a test client that
+    never closes its responses). So they never reach the next request served by that
+    thread. The request itself runs in the server thread's own context, as Flask expects
+    (its test client re-enters contexts a request left behind); a file-wrapper response
+    is returned as it is, so the server can still send the file directly.
+    """
 
     @functools.wraps(wsgi_app)
-    def in_own_context(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        context = contextvars.copy_context()
-        return _ContextIterable(context, context.run(wsgi_app, environ, start_response))
+    def isolated(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        stale = copied_back.get()
+        if stale is not None and not stale.busy:  # a request whose response was not closed
+            _end(stale)
+        log = CopyBackLog()
+        log.own = copied_back.set(log)
+        log.busy = 1
+        try:
+            result = wsgi_app(environ, start_response)
+        except BaseException:
+            _end(log)
+            raise
+        finally:
+            log.busy = 0
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(file_wrapper, type) and isinstance(result, file_wrapper):
+            _end(log)  # the file is all that is left to send
+            return result
+        return _RequestEnd(result, log)
 
-    return in_own_context
+    return isolated

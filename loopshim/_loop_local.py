@@ -6,8 +6,9 @@ from __future__ import annotations
 import inspect
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from ._errors import LoopshimError
 
@@ -20,14 +21,36 @@ logger = logging.getLogger("loopshim")
 _states: dict[object, LoopState] = {}
 
 
+class Bounded(Protocol):
+    """How a backend runs cleanup with a time limit: ``await within(seconds, fn)``
+    awaits ``fn()``, cancels it (with the backend's own cancellation) when *seconds*
+    pass, and returns whether it finished in time."""
+
+    def __call__(
+        self, seconds: float, fn: Callable[[], Awaitable[object]], /
+    ) -> Awaitable[bool]: ...
+
+
+class _Creating:
+    """Marks a value an async factory is still making; later callers wait on it."""
+
+    __slots__ = ("done", "failed")
+
+    def __init__(self, done: Any) -> None:
+        self.done = done  # the backend's event, set when the value is stored or failed
+        self.failed = False
+
+
 class LoopState:
     """What loopshim keeps for one event loop: its loop-local values, in creation order."""
 
-    __slots__ = ("_key", "_values")
+    __slots__ = ("_key", "_new_event", "_values")
 
-    def __init__(self) -> None:
+    def __init__(self, new_event: Callable[[], Any] | None = None) -> None:
         self._key: object = None
-        self._values: dict[LoopLocal[object], object] = {}
+        self._values: dict[LoopLocal[Any], object] = {}
+        #: Makes an event of the loop's library (``set()``, ``await wait()``).
+        self._new_event = new_event
 
     def attach(self, key: object) -> None:
         """Make this the state of the loop identified by *key* (call inside the loop)."""
@@ -37,27 +60,63 @@ class LoopState:
     def __bool__(self) -> bool:
         return bool(self._values)
 
-    async def aclose(self) -> None:
+    async def aclose(self, within: Bounded, limit: float) -> None:
         """Close the loop-local values, newest first, then forget this loop.
 
-        Runs inside the loop, just before it closes. A failing ``aclose`` is logged and
-        does not stop the others.
+        Runs inside the loop while it is still fully alive (the clients' own tasks
+        included), before anything is cancelled. Closing all of them may take *limit*
+        seconds; an ``aclose`` still running then is cancelled and logged. A failing
+        ``aclose`` is logged with its traceback and does not stop the others;
+        ``KeyboardInterrupt`` and ``SystemExit`` are re-raised once the rest is closed.
         """
-        while self._values:
-            local, value = self._values.popitem()
-            if local.aclose is None:
-                continue
-            try:
-                await local.aclose(value)
-            except Exception:
-                logger.exception("loop_local: closing %r failed", value)
-        self.detach()
+        deadline = time.monotonic() + limit
+        interrupt: BaseException | None = None
+        try:
+            while self._values:
+                local, value = self._values.popitem()
+                if local.aclose is None or isinstance(value, _Creating):
+                    continue
+                error = await _close_one(local, value, within, deadline)
+                if isinstance(error, (KeyboardInterrupt, SystemExit)) and interrupt is None:
+                    interrupt = error
+        finally:
+            self.detach()
+        if interrupt is not None:
+            raise interrupt
 
     def detach(self) -> None:
         """Forget the loop (it is gone, or abandoned after a fork)."""
         if self._key is not None:
             _states.pop(self._key, None)
             self._key = None
+
+
+async def _close_one(
+    local: LoopLocal[Any], value: object, within: Bounded, deadline: float
+) -> BaseException | None:
+    """Await ``local.aclose(value)`` until *deadline*; log what goes wrong and return
+    the exception it raised, if any."""
+    aclose = local.aclose
+    assert aclose is not None
+    try:
+        finished = await within(max(0.0, deadline - time.monotonic()), lambda: aclose(value))
+    except BaseException as exc:
+        logger.error("loop_local: closing %s failed", _describe(value), exc_info=exc)
+        return exc
+    if not finished:
+        logger.error(
+            "loop_local: closing %s did not finish within the time left for closing "
+            "loop-local values, and was cancelled",
+            _describe(value),
+        )
+    return None
+
+
+def _describe(value: object) -> str:
+    try:
+        return repr(value)
+    except Exception:
+        return f"a {type(value).__qualname__} object"
 
 
 def _current_loop_key() -> tuple[str, object] | None:
@@ -72,6 +131,23 @@ def _current_loop_key() -> tuple[str, object] | None:
     return None
 
 
+def _current_state(method: str) -> LoopState:
+    found = _current_loop_key()
+    if found is None:
+        raise LoopshimError(
+            f"loop_local.{method}() must be called inside a coroutine running on an event "
+            "loop (it returns that loop's instance); no loop is running in this thread"
+        )
+    state = _states.get(found[1])
+    if state is None:
+        raise LoopshimError(
+            f"loop_local.{method}() was called on {_a(found[0])} loop that loopshim did not "
+            "start, so loopshim could not close the value with it; run the coroutine "
+            "through a loopshim runner (loopshim.get_runner(...).run(...))"
+        )
+    return state
+
+
 class LoopLocal(Generic[T]):
     """A value created lazily once per running event loop; see :func:`loop_local`.
 
@@ -82,7 +158,7 @@ class LoopLocal(Generic[T]):
 
     def __init__(
         self,
-        factory: Callable[[], T],
+        factory: Callable[[], T] | Callable[[], Awaitable[T]],
         *,
         aclose: Callable[[T], Awaitable[object]] | None = None,
     ) -> None:
@@ -96,43 +172,88 @@ class LoopLocal(Generic[T]):
     def get(self) -> T:
         """Return the running loop's instance, creating it on first use.
 
-        Call it inside a coroutine that a loopshim runner runs.
+        Call it inside a coroutine that a loopshim runner runs. The value may be of
+        any kind, awaitable ones included (``redis.asyncio.Redis``, an ``asyncpg``
+        pool). A factory that is an ``async def`` function needs :meth:`aget`.
+
+        .. versionadded:: 0.1
         """
-        found = _current_loop_key()
-        if found is None:
-            raise LoopshimError(
-                "loop_local.get() must be called inside a coroutine running on an event "
-                "loop (it returns that loop's instance); no loop is running in this thread"
-            )
-        state = _states.get(found[1])
-        if state is None:
-            raise LoopshimError(
-                f"loop_local.get() was called on a {found[0]} loop that loopshim did not "
-                "start, so loopshim could not close the value with it; run the coroutine "
-                "through a loopshim runner (loopshim.get_runner(...).run(...))"
-            )
-        try:
-            return state._values[self]  # type: ignore[index,return-value]
-        except KeyError:
-            pass
-        value = self.factory()
-        if inspect.isawaitable(value):
-            if inspect.iscoroutine(value):
-                value.close()
+        state = _current_state("get")
+        value = state._values.get(self, _NOTHING)
+        if value is _NOTHING:
+            made = self.factory()
+            if inspect.iscoroutine(made):
+                made.close()  # never awaited: close it to avoid a warning
+                raise TypeError(
+                    f"the loop_local factory {_name(self.factory)} is an async function "
+                    "(it returned a coroutine); use `await local.aget()` instead of "
+                    "`local.get()`, which awaits the factory once per loop"
+                )
+            # A loop runs one callback at a time, so no other task can race us here.
+            state._values[self] = value = made
+        elif isinstance(value, _Creating):
             raise TypeError(
-                f"loop_local factory {self.factory!r} returned an awaitable; the factory "
-                "must be a plain callable that returns the value itself"
+                f"the loop_local value of {_name(self.factory)} is being made by its async "
+                "factory; use `await local.aget()`, which waits for it"
             )
-        # A loop runs one callback at a time, so no other task can race us here.
-        state._values[self] = value  # type: ignore[index]
-        return value
+        return value  # type: ignore[return-value]
+
+    async def aget(self) -> T:
+        """Return the running loop's instance, creating it on first use; an ``async
+        def`` factory is awaited (once per loop: concurrent callers wait for the same
+        value). Works with plain factories too.
+
+        .. versionadded:: 0.1
+        """
+        state = _current_state("aget")
+        while True:
+            value = state._values.get(self, _NOTHING)
+            if not isinstance(value, _Creating):
+                break
+            await value.done.wait()
+            if value.failed and state._values.get(self) is value:
+                del state._values[self]
+        if value is not _NOTHING:
+            return value  # type: ignore[return-value]
+        made = self.factory()
+        if not inspect.iscoroutine(made):
+            state._values[self] = made
+            return made  # type: ignore[return-value]
+        if state._new_event is None:  # pragma: no cover - every backend provides one
+            made.close()
+            raise LoopshimError("this loop's backend cannot wait for async loop_local values")
+        creating = _Creating(state._new_event())
+        state._values[self] = creating
+        try:
+            result: T = await made
+        except BaseException:
+            creating.failed = True
+            if state._values.get(self) is creating:
+                del state._values[self]
+            raise
+        finally:
+            creating.done.set()
+        if state._values.get(self) is creating:
+            state._values[self] = result
+        return result
 
     def __repr__(self) -> str:
         return f"loop_local({self.factory!r})"
 
 
+_NOTHING: Any = object()
+
+
+def _a(word: str) -> str:
+    return f"an {word}" if word[:1] in ("a", "e", "i", "o", "u") else f"a {word}"
+
+
+def _name(fn: object) -> str:
+    return getattr(fn, "__qualname__", None) or _describe(fn)
+
+
 def loop_local(
-    factory: Callable[[], T],
+    factory: Callable[[], T] | Callable[[], Awaitable[T]],
     *,
     aclose: Callable[[T], Awaitable[object]] | None = None,
 ) -> LoopLocal[T]:
@@ -141,13 +262,16 @@ def loop_local(
     ``factory()`` is called the first time :meth:`LoopLocal.get` runs inside a given
     loop; later calls on that loop return the same instance, like
     :meth:`contextvars.ContextVar.get`. When loopshim closes that loop, ``await
-    aclose(instance)`` runs inside it first. Use it at module level for loop-bound
-    clients::
+    aclose(instance)`` runs inside it first — after loopshim's own calls and background
+    tasks have finished, and before anything left on the loop is cancelled. Use it at
+    module level for loop-bound clients::
 
         client = loopshim.loop_local(httpx.AsyncClient, aclose=lambda c: c.aclose())
 
         async def view():
             return await client.get().get("http://127.0.0.1:8000/")
+
+    For an ``async def`` factory (``asyncpg.create_pool``), use ``await local.aget()``.
 
     .. versionadded:: 0.1
     """

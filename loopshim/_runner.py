@@ -19,6 +19,7 @@ import contextvars
 import functools
 import inspect
 import logging
+import operator
 import os
 import sys
 import threading
@@ -55,9 +56,16 @@ logger = logging.getLogger("loopshim")
 
 #: How long ``close()`` waits for cancelled tasks to unwind before giving up on them.
 CANCEL_GRACE: Final = 5.0
+#: How long closing a loop's ``loop_local`` values may take in all.
+CLEANUP_GRACE: Final = 5.0
+#: The longest a loop's shutdown can take beyond the grace period given to its jobs:
+#: cancelled jobs unwinding, loop-local values closing, async generators closing,
+#: leftover tasks unwinding, the executor stopping.
+SHUTDOWN_OVERHEAD: Final = 4 * CANCEL_GRACE + CLEANUP_GRACE
 #: How often a caller waiting on a loop thread checks that the thread is still alive.
 _LIVENESS_POLL: Final = 1.0
 _MISSING: Final = object()
+is_not: Final = operator.is_not
 
 
 @runtime_checkable
@@ -162,8 +170,9 @@ class Job(Generic[T_co]):
 
     @property
     def label(self) -> str:
-        """A readable name for messages and logs."""
-        return getattr(self.fn, "__qualname__", None) or repr(self.fn)
+        """A readable name for messages and logs, whatever the callable does when asked
+        for its name or ``repr`` (error paths must not depend on user code behaving)."""
+        return describe_callable(self.fn)
 
     def awaitable(self) -> Awaitable[Any]:
         """What the backend's task awaits: the user's coroutine itself, or — when the
@@ -222,10 +231,8 @@ class Job(Generic[T_co]):
 
     def outcome(self) -> T_co:
         """In the caller: copy the context back, then return the result or raise."""
-        final = self.final_context
-        # Equal contexts share their mapping, so this is one comparison when the
-        # coroutine set nothing, the common case.
-        if final is not None and final != self.origin:
+        final, origin = self.final_context, self.origin
+        if final is not None and origin is not None and changed(final, origin):
             copy_back(final)
         error = self.error
         if error is not None:
@@ -237,13 +244,90 @@ class Job(Generic[T_co]):
         return self.result  # type: ignore[no-any-return]
 
 
+class CopyBackLog:
+    """The values copied back while a WSGI integration isolates one request (see
+    ``isolate_requests``), to be reset when the request ends."""
+
+    __slots__ = ("busy", "own", "tokens")
+
+    def __init__(self) -> None:
+        self.tokens: list[contextvars.Token[Any]] = []
+        #: The token of :data:`copied_back` itself, set for this request.
+        self.own: contextvars.Token[Any] | None = None
+        #: How many frames of the request are running (its call, or one step of its
+        #: response's iteration); a log not busy belongs to a request that has returned.
+        self.busy = 0
+
+
+#: The log of the request being served in this context, if any.
+copied_back: contextvars.ContextVar[CopyBackLog | None] = contextvars.ContextVar(
+    "loopshim.copied_back", default=None
+)
+
+
+def describe_callable(fn: object) -> str:
+    """*fn*'s qualified name, else its ``repr``, else its type's name: never raises."""
+    try:
+        name = getattr(fn, "__qualname__", None)
+        return name if isinstance(name, str) and name else repr(fn)
+    except Exception:
+        return f"<{type(fn).__qualname__} object>"
+
+
+def changed(final: contextvars.Context, origin: contextvars.Context) -> bool:
+    """Whether a variable in *final* holds another object than in *origin*, by
+    identity: comparing the contexts would compare values with ``==``, which user types
+    may define to raise (numpy arrays), to return a non-bool, or to call equal two
+    objects that are not the same."""
+    # Same length: the same variables (they can be set, never removed), and contexts of
+    # the same variables iterate in the same order; were they ever not to, this would
+    # only say "changed" and copy_back would find nothing to do.
+    return len(final) != len(origin) or any(map(is_not, final.values(), origin.values()))
+
+
 def copy_back(final: contextvars.Context) -> None:
     """Set, in the current context, every variable whose value in *final* differs."""
     # The caller was blocked during the call, so anything that differs was set by the
     # coroutine: apply it to the caller's own context (asgiref does the same).
+    log = copied_back.get()
     for var, value in final.items():
         if var.get(_MISSING) is not value:
-            var.set(value)
+            token = var.set(value)
+            if log is not None:
+                log.tokens.append(token)
+
+
+if sys.version_info >= (3, 11):
+
+    def add_note(exc: BaseException, note: str) -> None:
+        """Attach *note* to *exc* (PEP 678)."""
+        exc.add_note(note)
+
+else:
+
+    def add_note(exc: BaseException, note: str) -> None:
+        """Attach *note* to *exc* as PEP 678 does; on 3.10 the ``exceptiongroup``
+        backport (which trio depends on) prints ``__notes__`` in tracebacks."""
+        notes = getattr(exc, "__notes__", None)
+        if not isinstance(notes, list):
+            notes = []
+            exc.__notes__ = notes  # type: ignore[attr-defined]
+        notes.append(note)
+
+
+def log_cancelled_at_close(backend: str, jobs: list[Job[Any]], grace: float) -> None:
+    """Log, once, the background tasks that ``close()`` had to cancel."""
+    spawned = [job for job in jobs if job.future is not None]
+    if spawned:
+        logger.warning(
+            "closing the %s runner cancelled %d background task%s still running after "
+            "the %g s grace period (the shutdown_timeout option): %s",
+            backend,
+            len(spawned),
+            "" if len(spawned) == 1 else "s",
+            grace,
+            ", ".join(job.label for job in spawned),
+        )
 
 
 def _settle_future(job: Job[Any]) -> None:
@@ -457,7 +541,7 @@ class LoopThread(abc.ABC):
         if self._thread.is_alive():
             self.shutting_down = True
             self.request_shutdown(grace)
-            self._thread.join(grace + CANCEL_GRACE)
+            self._thread.join(grace + SHUTDOWN_OVERHEAD)
         if self._watchdog is not None:
             self._watchdog.stop()
             self._watchdog.join()
@@ -466,7 +550,7 @@ class LoopThread(abc.ABC):
                 "loop thread %s did not stop within %.1f s (a coroutine is blocking it "
                 "or refuses cancellation); abandoning it",
                 self._thread.name,
-                grace + CANCEL_GRACE,
+                grace + SHUTDOWN_OVERHEAD,
             )
 
     @abc.abstractmethod
@@ -671,7 +755,10 @@ class _ThreadScope(_Scope):
             orphans = [self._loops.pop(t) for t in dead]
         for orphan in orphans:  # loops of threads that have ended: idle, safe to close here
             self._close_loop(orphan)
-        loop = self.backend.open_loop(self.options)
+        # Made in an empty context: what a loop sets up when it is made (asyncio's
+        # self-pipe reader) keeps the context it was made in, for the loop's lifetime,
+        # and the caller's may hold a request, its app, anything.
+        loop = contextvars.Context().run(self.backend.open_loop, self.options)
         with self._lock:
             self._loops[threading.current_thread()] = loop
         self._local.loop = loop
@@ -712,7 +799,10 @@ class _ThreadScope(_Scope):
             return
         try:
             loop.close()
-        except Exception:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:
+            # Never into the caller: this may run inside another thread's call.
             logger.exception("closing a thread-scope loop failed")
 
     def close(self, grace: float) -> None:
@@ -746,7 +836,10 @@ class _CallScope(_Scope):
         if _gevent.threading_patched():
             _gevent.refuse_scope("call", self.backend.name)
         job = _new_job(fn, args, kwargs, self.options.timeout, None)
-        self.backend.run_fresh(job, self.options)
+        # The coroutine runs in the job's context; the loop itself, in an empty one, so
+        # that nothing it leaves behind (trio's run keeps reference cycles until the
+        # garbage collector runs) holds on to the caller's.
+        contextvars.Context().run(self.backend.run_fresh, job, self.options)
         return job.outcome()
 
     def close(self, grace: float) -> None:

@@ -17,7 +17,9 @@ receivers, ``copy_current_request_context`` — on the backend you choose.
 from __future__ import annotations
 
 import functools
+import inspect
 import types
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
@@ -92,12 +94,11 @@ class _AppState:
         setattr(app, "async_to_sync", self.async_to_sync)  # noqa: B010
 
 
-def _quick_ensure_sync(app: flask.Flask, state: _AppState) -> Callable[..., Any]:
-    """Flask's ``ensure_sync`` for *app*, with the common cases — a plain ``def`` or
-    ``async def`` function — answered without inspect's general machinery."""
-    general: Callable[[Callable[..., Any]], Callable[..., Any]] = functools.partial(
-        flask.Flask.ensure_sync, app
-    )
+def _quick_ensure_sync(state: _AppState) -> Callable[..., Any]:
+    """What ``Flask.ensure_sync`` does, with the common cases — a plain ``def`` or
+    ``async def`` function — answered without inspect's general machinery. It holds no
+    reference to the app, which stores it: an app must stay free of reference cycles, so
+    that it is freed as soon as its last reference goes (pallets/flask#3761)."""
 
     def ensure_sync(func: Callable[..., Any]) -> Callable[..., Any]:
         if is_plain_async_def(func):
@@ -106,9 +107,29 @@ def _quick_ensure_sync(app: flask.Flask, state: _AppState) -> Callable[..., Any]
         # A plain sync function, unless inspect.markcoroutinefunction marked it as async.
         if type(func) is types.FunctionType and getattr(func, "_is_coroutine_marker", None) is None:
             return func
-        return general(func)
+        if inspect.iscoroutinefunction(func):  # Flask's own test
+            return state.async_to_sync(func)
+        return func
 
     return ensure_sync
+
+
+def _weak_wsgi_app(app: flask.Flask) -> Callable[..., Any]:
+    """``app.wsgi_app`` as a function that reaches the app through a weak reference,
+    to be stored on the app without making a reference cycle."""
+    if "wsgi_app" in vars(app):  # middleware installed already: it holds the app anyway
+        return app.wsgi_app
+    ref = weakref.ref(app)
+    method = type(app).wsgi_app
+
+    @functools.wraps(method)
+    def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        target = ref()
+        if target is None:
+            raise RuntimeError("the Flask app of this WSGI callable was garbage-collected")
+        return method(target, environ, start_response)
+
+    return wsgi_app
 
 
 def _state(app: flask.Flask) -> _AppState:
@@ -124,17 +145,40 @@ def _state(app: flask.Flask) -> _AppState:
 class _LoopBackend:
     """``app.loop_backend``: the name of the app's backend; assigning a name switches to
     the shared runner of that backend (with the app's scope and options), assigning a
-    :class:`~loopshim.LoopRunner` makes the app use that very runner."""
+    :class:`~loopshim.LoopRunner` makes the app use that very runner.
+
+    Assigning to an attribute can only be intercepted by the class, so this descriptor
+    is set on the app's class (``flask.Flask`` itself for a plain app). For an app
+    without LoopShim it is invisible: ``loop_backend`` behaves as any attribute would
+    (reading it raises ``AttributeError`` until it is assigned, and assigning stores it
+    on the app)."""
 
     def __get__(self, app: flask.Flask | None, owner: type | None = None) -> Any:
         if app is None:
             return self
-        return _state(app).backend
+        state = app.extensions.get(EXTENSION_KEY)
+        if state is None:
+            try:
+                return vars(app)["loop_backend"]
+            except KeyError:
+                state = _state(app)  # raises AttributeError: how to set LoopShim up
+        return state.backend
 
     def __set__(self, app: flask.Flask, backend: str | LoopRunner) -> None:
-        state = _state(app)
+        state = app.extensions.get(EXTENSION_KEY)
+        if state is None:
+            vars(app)["loop_backend"] = backend
+            return
         state.switch(backend)
         state.install(app)
+
+    def __delete__(self, app: flask.Flask) -> None:
+        if EXTENSION_KEY in app.extensions:
+            raise AttributeError("app.loop_backend cannot be deleted while LoopShim is set up")
+        try:
+            del vars(app)["loop_backend"]
+        except KeyError:
+            raise AttributeError("loop_backend") from None
 
 
 class LoopShim:
@@ -186,8 +230,8 @@ class LoopShim:
         app.extensions[EXTENSION_KEY] = state
         state.install(app)
         if type(app).ensure_sync is flask.Flask.ensure_sync:  # a subclass's own is kept
-            setattr(app, "ensure_sync", _quick_ensure_sync(app, state))  # noqa: B010
-        app.wsgi_app = isolate_requests(app.wsgi_app)  # type: ignore[method-assign,assignment]
+            setattr(app, "ensure_sync", _quick_ensure_sync(state))  # noqa: B010
+        app.wsgi_app = isolate_requests(_weak_wsgi_app(app))  # type: ignore[method-assign,assignment]
         if not isinstance(getattr(type(app), "loop_backend", None), _LoopBackend):
             type(app).loop_backend = _LoopBackend()  # type: ignore[attr-defined]
 

@@ -589,6 +589,128 @@ def test_context_variables_do_not_leak_between_requests_on_one_thread(app: Flask
     assert user_id.get() == "anonymous"
 
 
+def test_streamed_responses_work_with_the_test_client_as_a_context_manager(app: Flask) -> None:
+    # Flask's test client re-enters, in the test's own context, the contexts a request
+    # left behind; loopshim must not run the request in a context of its own.
+    @app.route("/sync-stream")
+    def sync_stream() -> Response:
+        def gen() -> Iterator[str]:
+            yield "sync "
+            yield request.path
+
+        return Response(stream_with_context(gen()))
+
+    @app.route("/async-stream")
+    async def async_stream() -> Response:
+        await anyio.sleep(0)
+
+        def gen() -> Iterator[str]:
+            yield "async "
+            yield request.path
+
+        return Response(stream_with_context(gen()))
+
+    for path, body in [
+        ("/sync-stream", "sync /sync-stream"),
+        ("/async-stream", "async /async-stream"),
+    ]:
+        with app.test_client() as client:
+            assert client.get(path).text == body
+        assert not flask.has_request_context()
+        assert not flask.has_app_context()
+
+
+def test_values_copied_back_while_streaming_are_reset_at_close(app: Flask) -> None:
+    runner = LoopShim.runner(app)
+
+    async def login(name: str) -> None:
+        user_id.set(name)
+
+    @app.route("/stream/<name>")
+    def stream_login(name: str) -> Response:
+        def gen() -> Iterator[str]:
+            runner.run(login, name)
+            yield user_id.get()
+
+        return Response(gen())
+
+    client = app.test_client()
+    response = client.get("/stream/carol")
+    assert response.text == "carol"
+    response.close()
+    assert user_id.get() == "anonymous"
+
+
+def test_a_file_response_reaches_the_server_as_its_file_wrapper(app: Flask, tmp_path: Any) -> None:
+    from werkzeug.test import EnvironBuilder
+    from werkzeug.wsgi import FileWrapper
+
+    (tmp_path / "report.txt").write_text("all good")
+
+    @app.route("/report")
+    def report() -> Any:
+        return flask.send_file(tmp_path / "report.txt")
+
+    environ = EnvironBuilder(path="/report").get_environ()
+    environ["wsgi.file_wrapper"] = FileWrapper  # what gunicorn checks to use sendfile()
+    result = app(environ, lambda status, headers, exc_info=None: None)
+    try:
+        assert isinstance(result, FileWrapper)
+        assert b"".join(result) == b"all good"
+    finally:
+        result.close()
+
+
+@pytest.mark.parametrize("requests", [0, 1])
+def test_an_app_is_freed_as_soon_as_its_last_reference_goes(
+    case: BackendCase, scope: str, requests: int
+) -> None:
+    import gc
+    import weakref
+
+    async def hello() -> str:
+        await anyio.sleep(0)
+        return "hello"
+
+    gc.disable()  # no reference cycle may keep it: pallets/flask#3761
+    try:
+        app = Flask(__name__)
+        app.config.update(
+            LOOPSHIM_BACKEND=case.name, LOOPSHIM_SCOPE=scope, LOOPSHIM_OPTIONS=case.options
+        )
+        LoopShim(app)
+        runner = LoopShim.runner(app)  # the runner does not refer to the app
+        app.add_url_rule("/", view_func=hello)
+        for _ in range(requests):
+            assert app.test_client().get("/").text == "hello"
+        ref = weakref.ref(app)
+        del app
+        fresh_trio_runs = case.name == "trio" and (
+            scope == "call" or case.options.get("driver") == "public"
+        )
+        if requests and fresh_trio_runs:
+            # A finished trio.run leaves its runner and tasks in reference cycles (trio's
+            # own), and its main task's context holds the request until they are
+            # collected.
+            gc.collect()
+        assert ref() is None
+        runner.close()
+    finally:
+        gc.enable()
+
+
+def test_loop_backend_is_an_ordinary_attribute_for_apps_without_loopshim() -> None:
+    plain = Flask(__name__)
+    LoopShim(Flask(__name__))  # sets the descriptor up on Flask itself
+    with pytest.raises(AttributeError):
+        plain.loop_backend  # noqa: B018
+    plain.loop_backend = "anything"  # type: ignore[attr-defined]
+    assert plain.loop_backend == "anything"  # type: ignore[attr-defined]
+    del plain.loop_backend  # type: ignore[attr-defined]
+    with pytest.raises(AttributeError):
+        plain.loop_backend  # noqa: B018
+
+
 # -- background tasks ---------------------------------------------------------------
 
 

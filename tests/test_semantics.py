@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import BackendCase, asyncio_runner, make_runner, only_scopes
+from conftest import SCOPES, BackendCase, asyncio_runner, make_runner, only_scopes
 
 import loopshim
 
@@ -612,3 +612,73 @@ def test_debug_mode_reports_slow_steps(scope: str, caplog: pytest.LogCaptureFixt
     with runner, caplog.at_level("WARNING", logger="asyncio"):
         runner.run(blocks_the_loop)
     assert any("took" in record.getMessage() for record in caplog.records)
+
+
+class NoBoolEquality:
+    """Like a numpy array: ``==`` gives something that cannot be a bool."""
+
+    def __eq__(self, other: object) -> Any:
+        return self
+
+    def __bool__(self) -> bool:
+        raise ValueError("the truth value of this object is ambiguous")
+
+    __hash__ = object.__hash__
+
+
+class AlwaysEqual:
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    __hash__ = object.__hash__
+
+
+payload: contextvars.ContextVar[object] = contextvars.ContextVar("payload")
+
+
+@pytest.mark.parametrize("kind", [NoBoolEquality, AlwaysEqual])
+def test_copy_back_compares_values_by_identity(runner: loopshim.LoopRunner, kind: type) -> None:
+    before, after = kind(), kind()
+
+    async def replace() -> str:
+        payload.set(after)
+        return "ok"
+
+    def call() -> tuple[str, object]:
+        payload.set(before)
+        return runner.run(replace), payload.get()
+
+    assert contextvars.copy_context().run(call) == ("ok", after)
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+def test_an_asyncio_only_library_on_trio_gets_a_note_naming_the_fix(scope: str) -> None:
+    pytest.importorskip("trio")
+    import asyncio
+
+    async def asyncio_only_client() -> None:
+        asyncio.get_running_loop()  # what redis.asyncio, asyncpg and psycopg_pool do
+
+    runner = loopshim.get_runner("trio", scope=scope, cached=False)
+    with pytest.raises(RuntimeError, match="no running event loop") as caught:
+        runner.run(asyncio_only_client)
+    runner.close()
+    notes = getattr(caught.value, "__notes__", [])
+    assert len(notes) == 1
+    assert "trio backend" in notes[0]
+    assert '"asyncio"' in notes[0] and "anyio" in notes[0]
+    assert "loopshim" in "".join(traceback.format_exception(caught.value))
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+def test_other_errors_on_trio_get_no_note(scope: str) -> None:
+    pytest.importorskip("trio")
+
+    async def fails() -> None:
+        raise RuntimeError("something else")
+
+    runner = loopshim.get_runner("trio", scope=scope, cached=False)
+    with pytest.raises(RuntimeError, match="something else") as caught:
+        runner.run(fails)
+    runner.close()
+    assert not getattr(caught.value, "__notes__", None)

@@ -138,6 +138,64 @@ def test_close_drains_then_cancels(case: BackendCase, scope: str) -> None:
 
 
 @only_scopes("process")
+def test_tasks_cancelled_at_close_are_logged_once_with_their_names(
+    case: BackendCase, scope: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def write_order(n: int) -> None:
+        await anyio.sleep(60)
+
+    async def send_receipt() -> None:
+        await anyio.sleep(60)
+
+    runner = make_runner(case, scope)
+    for n in range(3):
+        runner.spawn(write_order, n)
+    runner.spawn(send_receipt)
+    with caplog.at_level(logging.WARNING, logger="loopshim"):
+        runner.close(timeout=0.1)
+    lines = [r.getMessage() for r in caplog.records if "cancelled" in r.getMessage()]
+    assert len(lines) == 1, caplog.text
+    assert "4 background tasks" in lines[0]
+    assert lines[0].count("write_order") == 3
+    assert "send_receipt" in lines[0]
+    assert "shutdown_timeout" in lines[0]
+
+
+@only_scopes("process", "thread", "call")
+def test_close_does_not_wait_for_tasks_loopshim_does_not_own(
+    case: BackendCase, scope: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A library's long-lived task (a pool's worker, a pubsub reader) is cancelled once
+    # loopshim's own work is done; close() does not sit out the grace period for it.
+    stopped: list[str] = []
+
+    async def reader() -> None:
+        try:
+            await anyio.sleep(3600)
+        finally:
+            stopped.append("reader")
+
+    async def start_reader() -> None:
+        if case.name == "trio":
+            import trio
+
+            trio.lowlevel.spawn_system_task(reader)
+        else:
+            import asyncio
+
+            asyncio.get_running_loop().create_task(reader())
+
+    runner = make_runner(case, scope, shutdown_timeout=60)
+    with caplog.at_level(logging.WARNING, logger="loopshim"):
+        runner.run(start_reader)
+        started = time.monotonic()
+        runner.close()
+    assert time.monotonic() - started < 20  # not the 60 s grace period
+    assert stopped == ["reader"]
+    assert "background task" not in caplog.text  # not loopshim's: nothing to report
+
+
+@only_scopes("process")
 def test_close_timeout_argument_overrides_shutdown_timeout(case: BackendCase, scope: str) -> None:
     runner = make_runner(case, scope, shutdown_timeout=60)
     future = runner.spawn(anyio.sleep, 60)

@@ -7,11 +7,12 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import logging
 import sys
 import threading
 import time
 from asyncio import events
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from .._errors import RunnerClosed
@@ -20,14 +21,17 @@ from .._loop_local import LoopState
 from .._options import CommonOptions, Validator, callable_or_none, parse_options
 from .._runner import (
     CANCEL_GRACE,
+    CLEANUP_GRACE,
     Backend,
     DrivenLoop,
     Job,
     LoopThread,
     Runner,
+    log_cancelled_at_close,
 )
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+logger = logging.getLogger("loopshim")
 
 
 def _expire(job: Job[Any]) -> None:
@@ -87,26 +91,85 @@ else:
             ready.pop()._run()
 
 
-async def _cancel_and_wait(tasks: set[asyncio.Task[Any]]) -> None:
+async def within(seconds: float, fn: Callable[[], Awaitable[object]]) -> bool:
+    """Await ``fn()`` for up to *seconds*; then cancel it and, if it still does not
+    finish within :data:`CANCEL_GRACE`, abandon it. Whether it finished in time."""
+    task = asyncio.ensure_future(fn())
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if done:
+        task.result()  # its exception, if any, is the caller's to log
+        return True
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=CANCEL_GRACE)
+    if not done:
+        _abandon([task])
+    return False
+
+
+def _abandon(tasks: Iterable[asyncio.Future[Any]]) -> None:
+    # Logged once by the caller: asyncio would also log each task as "destroyed but
+    # pending" whenever the garbage collector gets to it.
     for task in tasks:
-        task.cancel()
-    if tasks:
-        await asyncio.wait(tasks, timeout=CANCEL_GRACE)
+        task._log_destroy_pending = False  # type: ignore[attr-defined]
 
 
-async def _finalize(state: LoopState, grace: float, jobs: set[Job[Any]] | None = None) -> None:
-    """Everything a loop owes before it closes, run on the loop itself: let its tasks
-    finish for *grace* seconds, cancel the rest, close loop-locals and async generators."""
-    loop = asyncio.get_running_loop()
+async def _drain_jobs(name: str, jobs: set[Job[Any]], grace: float) -> None:
+    """Let loopshim's own jobs (calls and background tasks) finish for *grace* seconds,
+    then cancel those left and let them unwind."""
+    pending: set[asyncio.Future[Any]] = {job.handle for job in jobs if job.handle is not None}
+    if pending and grace > 0:
+        _, pending = await asyncio.wait(pending, timeout=grace)
+    if not jobs:
+        return
+    leftover = list(jobs)
+    for job in leftover:
+        job.cancel("closed")
+    if pending:
+        _, pending = await asyncio.wait(pending, timeout=CANCEL_GRACE)
+    log_cancelled_at_close(name, leftover, grace)
+    if pending:
+        logger.warning(
+            "%d task(s) of the %s runner ignored cancellation at close and were abandoned",
+            len(pending),
+            name,
+        )
+        _abandon(pending)
+
+
+async def _cancel_the_rest(name: str) -> None:
+    """Cancel the tasks still on the loop (libraries' own: a pool's workers, a reader)
+    and give them :data:`CANCEL_GRACE` to unwind."""
     current = asyncio.current_task()
-    others = {t for t in asyncio.all_tasks(loop) if t is not current}
-    if others and grace > 0:
-        _, others = await asyncio.wait(others, timeout=grace)
-    for job in jobs or ():
-        job.cancel_reason = "closed"
-    await _cancel_and_wait(others)
-    await state.aclose()
-    await loop.shutdown_asyncgens()
+    others = {t for t in asyncio.all_tasks() if t is not current}
+    for task in others:
+        task.cancel()
+    if not others:
+        return
+    _, pending = await asyncio.wait(others, timeout=CANCEL_GRACE)
+    if pending:
+        logger.warning(
+            "%d task(s) left on the %s loop at close ignored cancellation and were abandoned: %s",
+            len(pending),
+            name,
+            ", ".join(t.get_name() for t in pending),
+        )
+        _abandon(pending)
+
+
+async def _finalize(
+    name: str, state: LoopState, grace: float, jobs: set[Job[Any]] | None = None
+) -> None:
+    """Everything a loop owes before it closes, run on the loop itself, in this order:
+    loopshim's own jobs drain for *grace* seconds (then are cancelled); loop-local
+    values close while the clients' own tasks still run; async generators close;
+    whatever is left is cancelled; the default executor stops."""
+    loop = asyncio.get_running_loop()
+    if jobs:
+        await _drain_jobs(name, jobs, grace)
+    await state.aclose(within, CLEANUP_GRACE)
+    if not await within(CANCEL_GRACE, loop.shutdown_asyncgens):
+        logger.warning("closing the async generators of the %s loop timed out", name)
+    await _cancel_the_rest(name)
     executor = _own_executors.pop(id(loop), None)
     if executor is not None:
         executor.shut_down_within(CANCEL_GRACE)
@@ -190,10 +253,11 @@ class AsyncioDrivenLoop(DrivenLoop):
     """A loop driven in the calling thread, one call at a time, with
     ``run_until_complete``."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, name: str, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
+        self._name = name
         self._loop = loop
-        self._state = LoopState()
+        self._state = LoopState(asyncio.Event)
         self._state.attach(loop)
 
     def run_job(self, job: Job[Any]) -> None:
@@ -212,7 +276,7 @@ class AsyncioDrivenLoop(DrivenLoop):
 
     def close(self) -> None:
         try:
-            self._loop.run_until_complete(_finalize(self._state, 0))
+            self._loop.run_until_complete(_finalize(self._name, self._state, 0))
         finally:
             self._state.detach()
             self._loop.close()
@@ -229,8 +293,8 @@ class DirectlyDrivenLoop(AsyncioDrivenLoop):
     used are those ``run_forever`` itself uses.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(loop)
+    def __init__(self, name: str, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(name, loop)
         base: Any = loop
         self._hooks = (base._asyncgen_firstiter_hook, base._asyncgen_finalizer_hook)
 
@@ -272,14 +336,14 @@ class DirectlyDrivenLoop(AsyncioDrivenLoop):
             _leave_running(loop, outer)
 
 
-def open_driven_loop(factory: LoopFactory, options: CommonOptions) -> AsyncioDrivenLoop:
+def open_driven_loop(name: str, factory: LoopFactory, options: CommonOptions) -> AsyncioDrivenLoop:
     """A new loop from *factory*, driven directly when it can be (never in debug mode,
     where ``run_until_complete`` times slow callbacks)."""
     loop = _new_loop(factory)
     loop.set_debug(options.debug)
     if not options.debug and drives_directly(loop):
-        return DirectlyDrivenLoop(loop)
-    return AsyncioDrivenLoop(loop)
+        return DirectlyDrivenLoop(name, loop)
+    return AsyncioDrivenLoop(name, loop)
 
 
 def _run_ready(ready: collections.deque[Any]) -> None:
@@ -324,6 +388,7 @@ class AsyncioLoopThread(LoopThread):
         self, name: str, factory: LoopFactory, options: CommonOptions, eager: bool
     ) -> None:
         super().__init__(name, options)
+        self._name = name
         self._factory = factory
         self._start_task = _start_eagerly if eager else _start
         self._jobs: set[Job[Any]] = set()
@@ -348,12 +413,12 @@ class AsyncioLoopThread(LoopThread):
 
     async def _lifetime(self) -> None:
         loop = asyncio.get_running_loop()
-        state = LoopState()
+        state = LoopState(asyncio.Event)
         state.attach(loop)
         self._stop = loop.create_future()
         self.ready()
         grace = await self._stop
-        await _finalize(state, grace, self._jobs)
+        await _finalize(self._name, state, grace, self._jobs)
 
     def call_soon(self, callback: Callable[[], object]) -> None:
         assert self._loop is not None
@@ -404,10 +469,10 @@ class AsyncioBackend(Backend):
         self._factory = factory
 
     def open_loop(self, options: CommonOptions) -> DrivenLoop:
-        return open_driven_loop(self._factory, options)
+        return open_driven_loop(self.name, self._factory, options)
 
     def run_fresh(self, job: Job[Any], options: CommonOptions) -> None:
-        loop = open_driven_loop(self._factory, options)
+        loop = open_driven_loop(self.name, self._factory, options)
         try:
             loop.run_job(job)
         finally:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import functools
 import logging
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import trio
@@ -15,7 +18,17 @@ from .._errors import OptionError, RunnerClosed
 from .._gevent import refuse_backend, threading_patched
 from .._loop_local import LoopState
 from .._options import CommonOptions, Validator, parse_options
-from .._runner import CANCEL_GRACE, Backend, DrivenLoop, Job, LoopThread, Runner
+from .._runner import (
+    CANCEL_GRACE,
+    CLEANUP_GRACE,
+    Backend,
+    DrivenLoop,
+    Job,
+    LoopThread,
+    Runner,
+    add_note,
+    log_cancelled_at_close,
+)
 from . import _trio_driver
 
 _POLL: Final = 0.01
@@ -45,6 +58,49 @@ def instruments(options: CommonOptions) -> tuple[trio.abc.Instrument, ...]:
     return (SlowStepLogger(),) if options.debug else ()
 
 
+async def within(seconds: float, fn: Callable[[], Awaitable[object]]) -> bool:
+    """Await ``fn()`` for up to *seconds*, then cancel it; whether it finished in time.
+    (trio cannot abandon a task: one that shields itself forever is waited for.)"""
+    with trio.move_on_after(seconds) as scope:
+        await fn()
+    return not scope.cancelled_caught
+
+
+#: What asyncio-only libraries raise when they find no asyncio loop: asyncio's
+#: ``get_running_loop`` / ``get_event_loop``, and psycopg_pool's own wording.
+_NO_ASYNCIO_LOOP: Final = re.compile(r"no (running|current) event loop|with no running loop", re.I)
+_ASYNCIO_ONLY_NOTE: Final = (
+    "loopshim: this ran on the trio backend, and an asyncio-only library looked for an "
+    "asyncio event loop and found none. Run this code on the asyncio or uvloop backend "
+    '(app.loop_backend = "asyncio", or loopshim.get_runner("asyncio")), or use a '
+    "client that supports trio (through anyio)."
+)
+
+
+def _explain_asyncio_only(exc: BaseException) -> BaseException:
+    """Attach :data:`_ASYNCIO_ONLY_NOTE` to *exc* when it, or an exception in its
+    cause/context chain or group, says that no asyncio loop is running."""
+    if _is_missing_asyncio_loop(exc, depth=0):
+        notes = getattr(exc, "__notes__", None)
+        if not (isinstance(notes, list) and _ASYNCIO_ONLY_NOTE in notes):
+            add_note(exc, _ASYNCIO_ONLY_NOTE)
+    return exc
+
+
+def _is_missing_asyncio_loop(exc: BaseException | None, depth: int) -> bool:
+    if exc is None or depth > 8:
+        return False
+    if isinstance(exc, RuntimeError) and _NO_ASYNCIO_LOOP.search(str(exc)):
+        return True
+    # An exception group (builtin, or the backport's on 3.10) holds its members here.
+    members = getattr(exc, "exceptions", None)
+    if not isinstance(members, tuple):
+        members = ()
+    return any(_is_missing_asyncio_loop(e, depth + 1) for e in members) or (
+        _is_missing_asyncio_loop(exc.__cause__ or exc.__context__, depth + 1)
+    )
+
+
 async def _execute_unscoped(job: Job[Any]) -> None:
     """For a job nothing outside its coroutine cancels — no timeout, and no Ctrl-C to
     deliver (``trio.run`` delivers it itself; signals never reach a thread other than the
@@ -56,7 +112,7 @@ async def _execute_unscoped(job: Job[Any]) -> None:
     try:
         job.result = await job.awaitable()
     except BaseException as exc:
-        job.error = exc
+        job.error = _explain_asyncio_only(exc)
     finally:
         job.complete(None)
 
@@ -76,7 +132,7 @@ async def _execute(job: Job[Any], jobs: set[Job[Any]] | None = None) -> None:
         # Cancelled from outside our own scope: the run itself is shutting down.
         job.error = RunnerClosed(f"{job.label} was cancelled because its loop stopped")
     except BaseException as exc:
-        job.error = exc
+        job.error = _explain_asyncio_only(exc)
     finally:
         job.complete(jobs)
 
@@ -89,21 +145,28 @@ class FreshRunLoop(DrivenLoop):
         self._options = options
 
     def run_job(self, job: Job[Any]) -> None:
-        trio.run(_run_and_close, job, instruments=instruments(self._options))
+        run = functools.partial(
+            trio.run, _run_and_close, job, instruments=instruments(self._options)
+        )
+        contextvars.Context().run(run)  # see _run_and_close
 
     def close(self) -> None:
         pass  # each call's run closed itself
 
 
 async def _run_and_close(job: Job[Any]) -> None:
-    state = LoopState()
+    # trio.run has no context argument: it runs in an empty context (see _CallScope),
+    # and the job's variables are set here, in the main task's own copy.
+    for var, value in job.context.items():
+        var.set(value)
+    state = LoopState(trio.Event)
     state.attach(trio.lowlevel.current_trio_token())
     try:
         await _execute_unscoped(job)
     finally:
         if state:
             with trio.CancelScope(shield=True):
-                await state.aclose()
+                await state.aclose(within, CLEANUP_GRACE)
         else:
             state.detach()
 
@@ -123,17 +186,22 @@ class TrioLoopThread(LoopThread):
         trio.run(self._lifetime, instruments=instruments(self.options))
 
     async def _lifetime(self) -> None:
-        state = LoopState()
+        state = LoopState(trio.Event)
         self._token = trio.lowlevel.current_trio_token()
         state.attach(self._token)
         self._stop = trio.Event()
         self.ready()
         await self._stop.wait()
+        # loopshim's own jobs first, then loop-local values while the clients' tasks
+        # still run; trio.run then closes async generators and whatever is left.
         await self._wait_for_jobs(self._grace)
-        for job in list(self._jobs):
+        leftover = list(self._jobs)
+        for job in leftover:
             job.cancel("closed")
-        await self._wait_for_jobs(CANCEL_GRACE)
-        await state.aclose()
+        if leftover:
+            await self._wait_for_jobs(CANCEL_GRACE)
+            log_cancelled_at_close("trio", leftover, self._grace)
+        await state.aclose(within, CLEANUP_GRACE)
 
     async def _wait_for_jobs(self, limit: float) -> None:
         with trio.move_on_after(limit):
@@ -204,7 +272,7 @@ class TrioBackend(Backend):
             # A thread-scope loop is driven only by the thread that opens it.
             interruptible = threading.current_thread() is threading.main_thread()
             execute = _execute if interruptible else _execute_unscoped
-            return _trio_driver.TrioDrivenLoop(execute, instruments(options))
+            return _trio_driver.TrioDrivenLoop(execute, within, instruments(options))
         return FreshRunLoop(options)
 
     def run_fresh(self, job: Job[Any], options: CommonOptions) -> None:

@@ -21,8 +21,8 @@ from typing import Any, Final
 import sniffio
 import trio
 
-from .._loop_local import LoopState
-from .._runner import DrivenLoop, Job
+from .._loop_local import Bounded, LoopState
+from .._runner import CLEANUP_GRACE, DrivenLoop, Job
 
 #: trio versions this driver was written and tested against: [first, last).
 TESTED_VERSIONS: Final = ((0, 25), (0, 36))
@@ -74,15 +74,19 @@ class TrioDrivenLoop(DrivenLoop):
     """
 
     def __init__(
-        self, execute: Callable[[Job[Any]], Any], instruments: Sequence[trio.abc.Instrument]
+        self,
+        execute: Callable[[Job[Any]], Any],
+        within: Bounded,
+        instruments: Sequence[trio.abc.Instrument],
     ) -> None:
         from trio._core import _run
 
         super().__init__()
         self._execute = execute
+        self._within = within
         self._context = _run.GLOBAL_RUN_CONTEXT
         self._stop: trio.Event | None = None
-        self._state = LoopState()
+        self._state = LoopState(trio.Event)
         outer_hooks = sys.get_asyncgen_hooks()
         try:
             # trio copies the current context as the run's system context (for system
@@ -106,7 +110,7 @@ class TrioDrivenLoop(DrivenLoop):
         self._state.attach(trio.lowlevel.current_trio_token())
         self._stop = trio.Event()
         await self._stop.wait()
-        await self._state.aclose()
+        await self._state.aclose(self._within, CLEANUP_GRACE)
 
     def _drive(self, done: Callable[[], bool]) -> None:
         gen = self._gen
