@@ -108,7 +108,8 @@ def test_failing_aclose_is_logged_and_others_still_close(
     assert closed == ["fine"]
     failed = [r for r in caplog.records if "closing" in r.getMessage()]
     assert len(failed) == 1
-    assert failed[0].exc_info is not None and failed[0].exc_info[1] is failure
+    assert failed[0].exc_info is not None
+    assert failed[0].exc_info[1] is failure
     assert not [r for r in caplog.records if r.levelno >= logging.CRITICAL]
 
 
@@ -189,7 +190,8 @@ def test_values_close_while_library_tasks_still_run(
         runner.close()
         took = time.monotonic() - started
     assert took < 20, f"close() waited {took:.1f} s for a library task"  # not the 60 s
-    assert closed and all(closed)
+    assert closed
+    assert all(closed)
     assert sum(closed) == 3
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 

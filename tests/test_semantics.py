@@ -666,7 +666,8 @@ def test_an_asyncio_only_library_on_trio_gets_a_note_naming_the_fix(scope: str) 
     notes = getattr(caught.value, "__notes__", [])
     assert len(notes) == 1
     assert "trio backend" in notes[0]
-    assert '"asyncio"' in notes[0] and "anyio" in notes[0]
+    assert '"asyncio"' in notes[0]
+    assert "anyio" in notes[0]
     assert "loopshim" in "".join(traceback.format_exception(caught.value))
 
 
