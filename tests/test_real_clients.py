@@ -398,4 +398,7 @@ def test_sigterm_drains_background_writes_and_logs_those_it_cancels(
         if "cancel" in line.lower() and re.search(rf"\b{slow}\b", line)
     ]
     assert cancelled, f"no log line says the {slow} unfinished writes were cancelled:\n{log}"
+    # Logged once, naming them.
+    assert len(cancelled) == 1, cancelled
+    assert "write_later" in log[log.index(cancelled[0]) :], log
     assert code == 0, summary(log)
