@@ -94,10 +94,16 @@ def variants(backends: list[str], scopes: list[str]) -> list[Variant]:
 # --- the servers ------------------------------------------------------------------
 
 
+#: The app factory gunicorn calls with a variant's key (a module in this directory).
+APP_FACTORY = "server_app:create_app"
+
+
 class Server:
     """gunicorn serving one variant on a socket bound here, on a free loopback port."""
 
-    def __init__(self, variant: str, workers: int, threads: int) -> None:
+    def __init__(
+        self, variant: str, workers: int, threads: int, factory: str = APP_FACTORY
+    ) -> None:
         self.variant = variant
         listener = socket.create_server(("127.0.0.1", 0), backlog=128)
         self.port = listener.getsockname()[1]
@@ -120,7 +126,7 @@ class Server:
             "warning",
             "--graceful-timeout",
             "5",
-            f"server_app:create_app({variant!r})",
+            f"{factory}({variant!r})",
         ]
         try:
             self.process = subprocess.Popen(
@@ -182,14 +188,14 @@ class Server:
 
 @contextlib.contextmanager
 def servers(
-    keys: list[str], workers: int, threads: int, problems: list[str]
+    keys: list[str], workers: int, threads: int, problems: list[str], factory: str = APP_FACTORY
 ) -> Iterator[dict[str, Server]]:
-    """Start a server per variant, wait until each answers; stop them all on exit,
-    adding what went wrong to *problems*."""
+    """Start a server per variant (``factory(key)`` is its app), wait until each answers;
+    stop them all on exit, adding what went wrong to *problems*."""
     started: dict[str, Server] = {}
     try:
         for key in keys:
-            started[key] = Server(key, workers, threads)
+            started[key] = Server(key, workers, threads, factory)
         deadline = time.monotonic() + START_TIMEOUT
         for server in started.values():
             server.wait_ready(deadline)
@@ -314,7 +320,7 @@ def document(found: list[Variant], args: argparse.Namespace) -> dict[str, Any]:
 # --- command line -----------------------------------------------------------------
 
 
-def _positive(kind: type[float] | type[int]) -> Any:
+def positive_number(kind: type[float] | type[int]) -> Any:
     def parse(text: str) -> float | int:
         try:
             value = kind(text)
@@ -327,7 +333,7 @@ def _positive(kind: type[float] | type[int]) -> Any:
     return parse
 
 
-def _names(valid: list[str], kind: str) -> Any:
+def name_list(valid: list[str], kind: str) -> Any:
     def parse(text: str) -> list[str]:
         names = [n.strip() for n in text.split(",") if n.strip()]
         unknown = [n for n in names if n not in valid]
@@ -346,29 +352,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     installed = loopshim.available_backends()
     parser.add_argument(
         "--backends",
-        type=_names(installed, "backend"),
+        type=name_list(installed, "backend"),
         default=installed,
         help="comma-separated (default: every installed one)",
     )
     parser.add_argument(
         "--scopes",
-        type=_names(list(SCOPES), "scope"),
+        type=name_list(list(SCOPES), "scope"),
         help="comma-separated (default: all; process with --smoke)",
     )
     parser.add_argument(
         "--duration",
-        type=_positive(float),
+        type=positive_number(float),
         help="seconds of load per variant, over the rounds (default 12; 1 with --smoke)",
     )
-    parser.add_argument("--rounds", type=_positive(int), help="default 4; 1 with --smoke")
+    parser.add_argument("--rounds", type=positive_number(int), help="default 4; 1 with --smoke")
     parser.add_argument(
-        "--concurrency", type=_positive(int), default=8, help="connections (default 8)"
+        "--concurrency", type=positive_number(int), default=8, help="connections (default 8)"
     )
     parser.add_argument(
-        "--workers", type=_positive(int), default=1, help="gunicorn workers (default 1)"
+        "--workers", type=positive_number(int), default=1, help="gunicorn workers (default 1)"
     )
     parser.add_argument(
-        "--threads", type=_positive(int), default=8, help="threads per worker (default 8)"
+        "--threads", type=positive_number(int), default=8, help="threads per worker (default 8)"
     )
     parser.add_argument("--smoke", action="store_true", help="a short run, for tests")
     parser.add_argument("--json", metavar="FILE", type=Path, help="write the figures to FILE")

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from servers import postgres_dsn, redis_url  # noqa: F401 - session fixtures (real servers)
 
 import loopshim
 

@@ -8,18 +8,12 @@ tasks that requests spawned have finished (each leaves a marker file).
 from __future__ import annotations
 
 import concurrent.futures
-import http.client
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+from servers import Gunicorn, get, start_gunicorn
 
 pytest.importorskip("gunicorn")
 pytest.importorskip("flask")
@@ -60,82 +54,17 @@ async def handle(uid):
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def get(port: int, path: str) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
-def wait_until_serving(proc: subprocess.Popen[bytes], port: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("gunicorn did not start listening within 30 s")
-
-
-def start(
-    tmp_path: Path, worker: str, preload: bool, backend: str
-) -> tuple[subprocess.Popen[bytes], int]:
+def start(tmp_path: Path, worker: str, preload: bool, backend: str) -> Gunicorn:
     (tmp_path / "app.py").write_text(textwrap.dedent(APP))
     (tmp_path / "markers").mkdir()
-    port = free_port()
-    args = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        "2",
-        "--worker-class",
-        worker,
-        "--graceful-timeout",
-        "20",
-        "--log-level",
-        "warning",
-    ]
+    options = ["--workers", "2", "--worker-class", worker, "--graceful-timeout", "20"]
+    options += ["--log-level", "warning"]
     if worker == "gthread":
-        args += ["--threads", "4"]
+        options += ["--threads", "4"]
     if preload:
-        args.append("--preload")
-    env = {**os.environ, "BACKEND": backend, "MARKERS": str(tmp_path / "markers")}
-    proc = subprocess.Popen(
-        [*args, "app:app"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    wait_until_serving(proc, port)
-    return proc, port
-
-
-def stop(proc: subprocess.Popen[bytes]) -> tuple[int, str]:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        _, err = proc.communicate(timeout=40)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-        raise AssertionError("gunicorn did not stop within 40 s of SIGTERM") from None
-    return proc.returncode, err.decode(errors="replace")
+        options.append("--preload")
+    env = {"BACKEND": backend, "MARKERS": str(tmp_path / "markers")}
+    return start_gunicorn(tmp_path, "app:app", options, env)
 
 
 COMBINATIONS = [
@@ -156,13 +85,13 @@ def test_serves_then_drains_on_sigterm(
     pytest.importorskip(backend if backend != "asyncio" else "flask")
     if worker == "gevent":
         pytest.importorskip("gevent")
-    proc, port = start(tmp_path, worker, preload, backend)
+    server = start(tmp_path, worker, preload, backend)
     try:
         uids = [f"user-{i}" for i in range(REQUESTS)]
         with concurrent.futures.ThreadPoolExecutor(CONCURRENCY) as pool:
-            answers = list(pool.map(lambda uid: get(port, f"/{uid}"), uids))
+            answers = list(pool.map(lambda uid: get(server.port, f"/{uid}"), uids))
     finally:
-        code, log = stop(proc)
+        code, log = server.stop()
     for uid, (status, body) in zip(uids, answers, strict=True):
         assert status == 200, body
         assert json.loads(body) == {"uid": uid, "var": uid, "g": uid}
@@ -176,15 +105,15 @@ def test_serves_then_drains_on_sigterm(
 def test_trio_under_gevent_workers_fails_clearly(tmp_path: Path, preload: bool) -> None:
     pytest.importorskip("gevent")
     pytest.importorskip("trio")
-    proc, port = start(tmp_path, "gevent", preload, "trio")
+    server = start(tmp_path, "gevent", preload, "trio")
     try:
         if preload:  # imported before gevent patched: refused at the first call
-            status, _ = get(port, "/user-1")
+            status, _ = get(server.port, "/user-1")
             assert status == 500
         else:  # refused at import: the workers fail to boot and gunicorn gives up
-            proc.wait(timeout=40)
+            server.proc.wait(timeout=40)
     finally:
-        code, log = stop(proc)
+        code, log = server.stop()
     assert "backend 'trio' cannot run under gevent's monkey-patching" in log
     if not preload:
         assert code != 0

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import contextvars
 import random
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,12 +15,12 @@ import anyio
 import httpx
 import pytest
 from conftest import BackendCase, only_scopes
+from servers import serve
 
 import loopshim
 
 flask = pytest.importorskip("flask")
 from flask import Flask, g, request  # noqa: E402
-from werkzeug.serving import make_server  # noqa: E402
 from werkzeug.wrappers import Request, Response  # noqa: E402
 
 from loopshim.flask import LoopShim  # noqa: E402
@@ -32,20 +30,6 @@ REQUESTS = 200
 #: The no-leak test: 1,000 requests, 50 at a time.
 LEAK_REQUESTS = 1000
 CONCURRENCY = 50
-
-
-@contextlib.contextmanager
-def serve(app: Callable[..., Any]) -> Iterator[str]:
-    """Serve *app* with werkzeug's threaded server on a free loopback port."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="test-server", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
 
 
 def load(base: str, paths: list[str]) -> list[httpx.Response]:
