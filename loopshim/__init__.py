@@ -6,32 +6,47 @@ loop you choose: asyncio, uvloop or trio.
 
 from __future__ import annotations
 
+from ._core import (
+    LoopLocal,
+    LoopRunner,
+    available_backends,
+    get_runner,
+    loop_local,
+    register_backend,
+    run,
+)
 from ._ensure_sync import ensure_sync
 from ._errors import (
+    ArgumentError,
     BackendNotFound,
     BackendUnavailable,
+    LoopError,
     LoopshimError,
+    MissingExtra,
     OptionError,
     ReentrantCallError,
     RunnerClosed,
     ScopeError,
+    UsageError,
 )
-from ._loop_local import LoopLocal, loop_local
-from ._registry import available_backends, get_runner, register_backend, run
-from ._runner import LoopRunner
+from .backends import _libraries
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "ArgumentError",
     "BackendNotFound",
     "BackendUnavailable",
+    "LoopError",
     "LoopLocal",
     "LoopRunner",
     "LoopshimError",
+    "MissingExtra",
     "OptionError",
     "ReentrantCallError",
     "RunnerClosed",
     "ScopeError",
+    "UsageError",
     "__version__",
     "available_backends",
     "ensure_sync",
@@ -40,3 +55,10 @@ __all__ = [
     "register_backend",
     "run",
 ]
+
+# Public names print as loopshim.X in tracebacks and reprs, wherever they are defined.
+for _name in __all__:
+    _obj = globals()[_name]
+    if hasattr(_obj, "__module__") and not isinstance(_obj, str):
+        _obj.__module__ = __name__
+del _name, _obj, _libraries

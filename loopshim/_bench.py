@@ -25,7 +25,8 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import Self
 
-from ._registry import BUILTIN_BACKENDS, available_backends, get_runner, install_hint
+from ._core import BUILTIN_BACKENDS, available_backends, get_runner
+from ._core import install_hint as _extra_hint
 
 __all__ = [
     "BASELINE",
@@ -576,6 +577,15 @@ class BenchResult:
 
 
 # --- planning ---------------------------------------------------------------------
+
+
+def install_hint(module: str) -> str:
+    """The ``pip install`` line that provides *module*: a backend's extra, else the
+    bench extra."""
+    for builtin in BUILTIN_BACKENDS.values():
+        if builtin.requires == module and builtin.extra:
+            return _extra_hint(builtin.extra)
+    return _extra_hint("flask" if module == "flask" else "bench")
 
 
 def _missing(modules: Sequence[str]) -> list[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from ._bench import BASELINE, WORKLOADS, BenchResult, Cell, Workload
-from ._registry import BUILTIN_BACKENDS
+from ._core import BUILTIN_BACKENDS
 
 __all__ = [
     "JSON_SCHEMA",

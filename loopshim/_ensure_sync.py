@@ -9,8 +9,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from ._registry import get_runner
-from ._runner import CopyBackLog, copied_back, is_async_callable
+from ._core import CopyBackLog, copied_back, get_runner, is_async_callable
 
 __all__ = ["ensure_sync", "isolate_requests"]
 

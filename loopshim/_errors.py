@@ -4,13 +4,17 @@
 from __future__ import annotations
 
 __all__ = [
+    "ArgumentError",
     "BackendNotFound",
     "BackendUnavailable",
+    "LoopError",
     "LoopshimError",
+    "MissingExtra",
     "OptionError",
     "ReentrantCallError",
     "RunnerClosed",
     "ScopeError",
+    "UsageError",
 ]
 
 
@@ -61,6 +65,41 @@ class RunnerClosed(LoopshimError, RuntimeError):
 class ReentrantCallError(LoopshimError, RuntimeError):
     """A blocking call was made from a thread that is running an event loop, where
     it would stall that loop or deadlock.
+
+    .. versionadded:: 0.1
+    """
+
+
+class ArgumentError(LoopshimError, TypeError):
+    """An argument of the wrong kind: a plain function, a coroutine object or an
+    awaitable where an async function is expected; a factory that is not callable; a
+    backend that is neither a name nor a runner.
+
+    .. versionadded:: 0.1
+    """
+
+
+class UsageError(LoopshimError, RuntimeError):
+    """loopshim was used where it cannot work: ``loop_local.get()`` outside a loop
+    loopshim runs, ``copy_current_request_context()`` outside a request, the Flask
+    extension set up twice on one app, a pytest-plugin fixture in a place it cannot
+    serve.
+
+    .. versionadded:: 0.1
+    """
+
+
+class LoopError(LoopshimError, RuntimeError):
+    """An event loop failed under loopshim: its thread could not start, or its run
+    ended while a call was still on it.
+
+    .. versionadded:: 0.1
+    """
+
+
+class MissingExtra(LoopshimError, ImportError):
+    """A loopshim module needs an optional dependency that is not installed
+    (``loopshim.flask`` needs Flask); the message gives the ``pip install`` line.
 
     .. versionadded:: 0.1
     """

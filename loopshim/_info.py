@@ -9,17 +9,17 @@ from dataclasses import dataclass
 from typing import Final
 
 from ._bench_report import describe_machine, library_versions
-from ._options import DEFAULT_SCOPE, SCOPES
-from ._registry import (
+from ._core import (
     BUILTIN_BACKENDS,
     ENV_VAR,
     available_backends,
-    backend_factory,
     backend_origin,
     default_backend,
     install_hint,
     known_backends,
+    load_backend,
 )
+from ._options import DEFAULT_SCOPE, SCOPES
 
 __all__ = ["BackendInfo", "backend_infos", "format_info"]
 
@@ -57,12 +57,14 @@ def _builtin_info(name: str, available: list[str]) -> BackendInfo:
     if builtin.requires is None:
         return BackendInfo(name, "installed", f"built in (Python {sys.version.split()[0]})")
     hint = builtin.install_command
-    if name == "uvloop" and sys.platform == "win32":
-        return BackendInfo(name, "not installed", "uvloop does not support Windows")
+    if sys.platform in builtin.unsupported_platforms:
+        return BackendInfo(
+            name, "not installed", f"{builtin.requires} does not support {sys.platform}"
+        )
     if name not in available:
         return BackendInfo(name, "not installed", f"needs {builtin.requires}", hint)
     try:
-        backend_factory(name)
+        load_backend(name)
     except ImportError as exc:
         return BackendInfo(name, "broken", f"fails to import: {exc}", hint)
     return BackendInfo(name, "installed", _version_of(builtin.requires))
@@ -71,7 +73,7 @@ def _builtin_info(name: str, available: list[str]) -> BackendInfo:
 def _third_party_info(name: str) -> BackendInfo:
     origin = backend_origin(name)
     try:
-        backend_factory(name)
+        load_backend(name)
     except ImportError as exc:
         return BackendInfo(name, "broken", f"{origin} fails to load: {exc}", "reinstall or fix it")
     return BackendInfo(name, "installed", origin)
@@ -141,6 +143,5 @@ def format_info(backend: str | None = None, scope: str | None = None) -> tuple[s
     lines.append("  " + (", ".join(f"{k} {v}" for k, v in present.items()) or "none installed"))
     absent = [m for m in BENCH_MODULES if m not in present]
     if absent:
-        hints = ", ".join(f"{m} ({install_hint(m)})" for m in absent)
-        lines.append(f"  missing: {hints}")
+        lines.append(f"  missing: {', '.join(absent)} ({install_hint('bench')})")
     return "\n".join(lines), usable

@@ -24,10 +24,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
+from ._core import install_hint, known_backends
 from ._options import SCOPES, did_you_mean, is_seconds
-from ._registry import install_hint, known_backends
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 MAX_THREADS: Final = 256
 MAX_DURATION: Final = 3600.0
@@ -139,9 +139,7 @@ def _check_plot(parser: argparse.ArgumentParser, path: Path | None) -> None:
             "(the format follows the extension)"
         )
     if importlib.util.find_spec("matplotlib") is None:
-        parser.error(
-            f"--plot needs matplotlib, which is not installed: {install_hint('matplotlib')}"
-        )
+        parser.error(f"--plot needs matplotlib, which is not installed: {install_hint('bench')}")
     _check_output(parser, "--plot", path)
 
 

@@ -26,23 +26,25 @@ from typing import Any, ParamSpec, TypeVar
 try:
     import flask
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
-    raise ImportError(
+    from ._errors import MissingExtra
+
+    raise MissingExtra(
         'loopshim.flask needs Flask, which is not installed: pip install "loopshim[flask]"',
         name="flask",
     ) from exc
 
-from ._ensure_sync import isolate_requests
-from ._errors import OptionError
-from ._options import DEFAULT_SCOPE
-from ._registry import get_runner
-from ._runner import (
+from ._core import (
     LoopRunner,
     SyncCall,
     direct_call,
+    get_runner,
     is_async_callable,
     is_plain_async_def,
     sync_caller_maker,
 )
+from ._ensure_sync import isolate_requests
+from ._errors import OptionError, UsageError
+from ._options import DEFAULT_SCOPE
 
 __all__ = ["LoopShim", "copy_current_request_context"]
 
@@ -126,7 +128,7 @@ def _weak_wsgi_app(app: flask.Flask) -> Callable[..., Any]:
     def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         target = ref()
         if target is None:
-            raise RuntimeError("the Flask app of this WSGI callable was garbage-collected")
+            raise UsageError("the Flask app of this WSGI callable was garbage-collected")
         return method(target, environ, start_response)
 
     return wsgi_app
@@ -221,7 +223,7 @@ class LoopShim:
         .. versionadded:: 0.1
         """
         if EXTENSION_KEY in app.extensions:
-            raise RuntimeError(f"LoopShim is already set up on {app!r}")
+            raise UsageError(f"LoopShim is already set up on {app!r}")
         state = _AppState(
             app.config.get("LOOPSHIM_BACKEND", self.backend),
             app.config.get("LOOPSHIM_SCOPE", self.scope),
@@ -266,7 +268,7 @@ def copy_current_request_context(func: Callable[P, T]) -> Callable[P, T]:
     from flask.globals import request_ctx
 
     if not flask.has_request_context():
-        raise RuntimeError(
+        raise UsageError(
             "copy_current_request_context() needs a request context: call it while "
             "handling a request"
         )

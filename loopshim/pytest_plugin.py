@@ -39,12 +39,20 @@ from typing import Any, Final
 
 import pytest
 
-from ._errors import LoopshimError
+from ._core import (
+    BUILTIN_BACKENDS,
+    Library,
+    LoopRunner,
+    available_backends,
+    copy_back,
+    default_backend,
+    get_runner,
+    running_library,
+)
+from ._errors import UsageError
 from ._options import did_you_mean, is_seconds
-from ._registry import BUILTIN_BACKENDS, available_backends, default_backend, get_runner
-from ._runner import LoopRunner, copy_back, running_loop_library
 
-__all__ = ["loop_app", "loop_backend", "loop_runner"]
+__all__ = ["Settings", "loop_app", "loop_backend", "loop_runner"]
 
 MARKER: Final = "loopshim"
 MODES: Final = ("strict", "auto")
@@ -345,7 +353,7 @@ def _backend_spec(value: object) -> tuple[str, dict[str, Any]]:
         and isinstance(value[1], Mapping)
     ):
         return value[0], dict(value[1])
-    raise LoopshimError(
+    raise UsageError(
         f"loop_backend must give a backend name such as 'trio', or a (name, options) pair "
         f"such as ('trio', {{'driver': 'public'}}); got {value!r}"
     )
@@ -543,12 +551,15 @@ class _FixtureTask:
         self.error: BaseException | None = None
         self.final_context: contextvars.Context | None = None
         self._events: _Events | None = None
-        self._task: Any = None  # keeps the asyncio task alive
 
     async def start(self) -> Any:
-        library = running_loop_library()
-        events = self._events = _Events(library, self.name)
-        cancel = self._spawn(library)
+        library = running_library()
+        if library is None:
+            raise UsageError(
+                f"async generator fixture {self.name} must be set up inside a running loop"
+            )
+        events = self._events = _Events(library)
+        cancel = library.start_task(self._body, context=contextvars.copy_context(), name=self.name)
         try:
             await events.started.wait()
         except BaseException:
@@ -560,25 +571,6 @@ class _FixtureTask:
             # run() copies this call's context back to the test's, and with it these.
             copy_back(self.final_context)
         return self.value
-
-    def _spawn(self, library: str | None) -> Callable[[], object]:
-        if library == "trio":
-            import trio
-
-            scope = trio.CancelScope()
-
-            async def body_in_scope() -> None:
-                with scope:
-                    await self._body()
-
-            trio.lowlevel.spawn_system_task(
-                body_in_scope, context=contextvars.copy_context(), name=self.name
-            )
-            return scope.cancel
-        import asyncio
-
-        self._task = asyncio.get_running_loop().create_task(self._body())
-        return self._task.cancel  # type: ignore[no-any-return]
 
     async def finish(self) -> None:
         if not self.ended.is_set():
@@ -614,7 +606,7 @@ class _FixtureTask:
         try:
             await events.resume.wait()
         except BaseException as exc:
-            self.error = LoopshimError(
+            self.error = UsageError(
                 f"async fixture {self.name} was cancelled at its yield, before pytest "
                 f"tore it down ({exc!r}): its loop ended between setup and teardown. "
                 "Use a runner whose loop outlives a call: scope process or thread, and "
@@ -629,7 +621,7 @@ class _FixtureTask:
         except BaseException as exc:
             self.error = exc
             return
-        self.error = LoopshimError(
+        self.error = UsageError(
             f"async fixture {self.name} yielded more than once; a fixture yields exactly once"
         )
         await self._close_quietly()
@@ -645,20 +637,7 @@ class _FixtureTask:
 class _Events:
     """The three events a fixture task and the test thread signal each other with."""
 
-    def __init__(self, library: str | None, name: str) -> None:
-        if library == "trio":
-            import trio
-
-            factory: Callable[[], Any] = trio.Event
-        elif library == "asyncio":
-            import asyncio
-
-            factory = asyncio.Event
-        else:
-            raise LoopshimError(
-                f"async generator fixture {name} needs a backend running asyncio or trio; "
-                f"this loop runs {library!r}"
-            )
-        self.started = factory()
-        self.resume = factory()
-        self.done = factory()
+    def __init__(self, library: Library) -> None:
+        self.started = library.new_event()
+        self.resume = library.new_event()
+        self.done = library.new_event()

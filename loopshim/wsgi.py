@@ -22,15 +22,17 @@ from typing import Any
 try:
     from werkzeug.wrappers import Request, Response
 except ImportError as exc:  # pragma: no cover - werkzeug comes with the flask extra
-    raise ImportError(
+    from ._errors import MissingExtra
+
+    raise MissingExtra(
         'loopshim.wsgi needs werkzeug, which is not installed: pip install "loopshim[flask]"',
         name="werkzeug",
     ) from exc
 
+from ._core import check_async_callable, get_runner
 from ._ensure_sync import isolate_requests
+from ._errors import ArgumentError
 from ._options import DEFAULT_SCOPE
-from ._registry import get_runner
-from ._runner import check_async_callable
 
 __all__ = ["to_wsgi"]
 
@@ -58,7 +60,7 @@ def to_wsgi(
     def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         response = run(Request(environ))
         if not isinstance(response, Response):
-            raise TypeError(
+            raise ArgumentError(
                 f"the handler {getattr(handler, '__qualname__', handler)!r} returned "
                 f"{response!r}; it must return a werkzeug Response"
             )

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from servers import postgres_dsn, redis_url  # noqa: F401 - session fixtures (real servers)
+from third_party_backend import PlainAsyncioBackend
 
 import loopshim
 
@@ -29,6 +30,7 @@ BACKENDS = [
     BackendCase("asyncio", "asyncio"),
     BackendCase("uvloop", "uvloop", requires="uvloop"),
     BackendCase("trio", "trio", requires="trio"),
+    BackendCase("third-party", "third_party"),
     # trio's thread scope with public API only: a fresh trio.run per call.
     BackendCase("trio-public", "trio", {"driver": "public"}, requires="trio", scopes=("thread",)),
 ]
@@ -73,6 +75,24 @@ def only_scopes(*scopes: str) -> Any:
         return fn
 
     return mark
+
+
+@pytest.fixture(autouse=True)
+def _third_party_backend(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A backend written against loopshim.abc only, as a third party would: the suites
+    run on it too, proving that such a backend gets every scope and guarantee. It is
+    registered for its own test cases only (other tests count the backends)."""
+    case = request.getfixturevalue("case") if "case" in request.fixturenames else None
+    if case is None or case.name != "third_party":
+        yield
+        return
+    loopshim.register_backend("third_party", PlainAsyncioBackend, replace=True)
+    try:
+        yield
+    finally:
+        from loopshim._core import _registry
+
+        _registry._registered.pop("third_party", None)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 import loopshim
 from loopshim._bench import PEERS, WORKLOADS
 from loopshim._bench_report import TerminalProgress
-from loopshim._registry import BUILTIN_BACKENDS
+from loopshim._core import BUILTIN_BACKENDS
 
 SCRIPT = Path(sys.executable).parent / ("loopshim.exe" if os.name == "nt" else "loopshim")
 ENTRY_POINTS = {"script": [str(SCRIPT)], "module": [sys.executable, "-m", "loopshim"]}

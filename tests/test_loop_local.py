@@ -14,11 +14,6 @@ from conftest import BackendCase, make_runner
 
 import loopshim
 
-try:
-    from loopshim.backends import _trio_driver
-except ImportError:  # trio is not installed
-    _trio_driver = None  # type: ignore[assignment]
-
 
 class Client:
     def __init__(self) -> None:
@@ -199,9 +194,9 @@ def test_values_close_while_library_tasks_still_run(
 def test_an_aclose_that_never_finishes_is_bounded(
     case: BackendCase, scope: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(_backend_module(case), "CLEANUP_GRACE", 0.3)
-    if case.name == "trio":
-        monkeypatch.setattr(_trio_driver, "CLEANUP_GRACE", 0.3)
+    from loopshim._core import _backend
+
+    monkeypatch.setattr(_backend, "CLEANUP_GRACE", 0.3)
     closed: list[str] = []
 
     async def hang(_: object) -> None:
@@ -228,16 +223,6 @@ def test_an_aclose_that_never_finishes_is_bounded(
     assert outcome == [("done", None)]
     assert closed == ["fine"]
     assert "did not finish" in caplog.text
-
-
-def _backend_module(case: BackendCase) -> Any:
-    if case.name == "trio":
-        from loopshim.backends import _trio
-
-        return _trio
-    from loopshim.backends import _asyncio
-
-    return _asyncio
 
 
 class Awaitable:

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import loopshim
-from loopshim._registry import default_backend
+from loopshim._core import default_backend
 
 OPTION_NAMES = ["timeout", "shutdown_timeout", "debug", "block_warning", "driver", "loop_factory"]
 

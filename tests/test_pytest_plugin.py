@@ -23,10 +23,11 @@ filterwarnings = error
 WHERE = """
 import asyncio, threading
 import trio
-from loopshim._runner import running_loop_library
+from loopshim._core import running_library
 
 def where():
-    library = running_loop_library()
+    found = running_library()
+    library = found.name if found is not None else None
     if library == "asyncio":
         loop = asyncio.get_running_loop()
         return library, type(loop).__module__.split(".")[0], id(loop)
@@ -132,7 +133,7 @@ def test_known_but_missing_backend_is_skipped_with_install_hint(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Simulate a machine without uvloop: the registry then reports it unavailable.
-    import loopshim._registry as registry
+    import loopshim._core._registry as registry
 
     monkeypatch.setattr(
         registry, "available_backends", lambda: [n for n in INSTALLED if n != "uvloop"]

@@ -13,7 +13,11 @@ import anyio
 import pytest
 
 import loopshim
-from loopshim.backends._asyncio import create_asyncio_runner
+
+
+def create_asyncio_runner(*, scope: str, **options: Any) -> loopshim.LoopRunner:
+    """A fully custom runner factory (here: a private asyncio runner)."""
+    return loopshim.get_runner("asyncio", scope=scope, cached=False, **options)
 
 
 async def answer() -> int:
@@ -173,7 +177,7 @@ def test_register_backend() -> None:
             loopshim.register_backend("custom_loop", factory)
         loopshim.register_backend("custom_loop", factory, replace=True)
     finally:
-        from loopshim import _registry
+        from loopshim._core import _registry
 
         _registry._registered.pop("custom_loop", None)
 
@@ -187,7 +191,7 @@ def test_register_backend_rejects_bad_names(name: Any) -> None:
 def test_register_backend_rejects_builtin_names_and_non_callables() -> None:
     with pytest.raises(ValueError, match="already defined"):
         loopshim.register_backend("asyncio", create_asyncio_runner)
-    with pytest.raises(TypeError, match="callable factory"):
+    with pytest.raises(TypeError, match="Backend subclass or a runner factory"):
         loopshim.register_backend("other_loop", 3)  # type: ignore[arg-type]
 
 
@@ -197,7 +201,7 @@ def test_factory_must_return_a_loop_runner() -> None:
         with pytest.raises(TypeError, match="not a LoopRunner"):
             loopshim.get_runner("not_a_runner", cached=False)
     finally:
-        from loopshim import _registry
+        from loopshim._core import _registry
 
         _registry._registered.pop("not_a_runner", None)
 
@@ -220,10 +224,10 @@ def test_entry_point_backend_is_discovered_and_used(
         "loopshim_fancy",
         "fancy = loopshim_fancy_backend:create",
         """
-        from loopshim.backends._asyncio import create_asyncio_runner
+        import loopshim
 
         def create(*, scope, **options):
-            return create_asyncio_runner(scope=scope, **options)
+            return loopshim.get_runner("asyncio", scope=scope, cached=False, **options)
         """,
     )
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -274,6 +278,6 @@ def test_replacing_a_backend_closes_the_runners_it_evicts() -> None:
         assert new is not old
         new.close()
     finally:
-        from loopshim import _registry
+        from loopshim._core import _registry
 
         _registry._registered.pop("evicted_loop", None)

@@ -406,14 +406,13 @@ def test_cancelling_a_background_future_as_it_settles_never_breaks_the_loop() ->
     while the failure is being logged); finish() runs on the loop and must not raise."""
     import contextvars
 
-    from loopshim._runner import Job
+    from loopshim.abc import Job
 
     async def nothing() -> None:
         pass
 
-    job: Job[None] = Job(nothing, (), {}, contextvars.Context(), None, None, None)
     future: concurrent.futures.Future[None] = concurrent.futures.Future()
-    job.future = future
+    job: Job[None] = Job(nothing, (), {}, context=contextvars.Context(), future=future)
     job.error = RuntimeError("failed")
 
     class CancelWhileLogging(logging.Handler):

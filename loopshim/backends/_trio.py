@@ -5,37 +5,46 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-import logging
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, ClassVar, Final
 
 import trio
 
-from .._errors import OptionError, RunnerClosed
-from .._gevent import refuse_backend, threading_patched
-from .._loop_local import LoopState
-from .._options import CommonOptions, Validator, parse_options
-from .._runner import (
-    CANCEL_GRACE,
-    CLEANUP_GRACE,
+from .._core import (
     Backend,
+    CancelReason,
     DrivenLoop,
     Job,
+    JobSet,
+    Library,
+    LoopState,
     LoopThread,
-    Runner,
     add_note,
-    log_cancelled_at_close,
+    close_own_work,
+    logger,
+    refuse_backend,
+    threading_patched,
 )
+from .._errors import OptionError, RunnerClosed
+from .._options import CommonOptions
 from . import _trio_driver
+from ._libraries import TRIO
 
-_POLL: Final = 0.01
+__all__ = [
+    "FreshRunLoop",
+    "SlowStepLogger",
+    "TrioBackend",
+    "TrioLoopThread",
+    "backend_class",
+    "instruments",
+]
+
 #: With ``debug=True``, a task step that holds the loop longer than this is logged
 #: (asyncio's debug mode does the same for slow callbacks).
 SLOW_STEP: Final = 0.1
-logger = logging.getLogger("loopshim")
 
 
 class SlowStepLogger(trio.abc.Instrument):
@@ -56,14 +65,6 @@ class SlowStepLogger(trio.abc.Instrument):
 def instruments(options: CommonOptions) -> tuple[trio.abc.Instrument, ...]:
     """The instruments a run gets for *options*."""
     return (SlowStepLogger(),) if options.debug else ()
-
-
-async def within(seconds: float, fn: Callable[[], Awaitable[object]]) -> bool:
-    """Await ``fn()`` for up to *seconds*, then cancel it; whether it finished in time.
-    (trio cannot abandon a task: one that shields itself forever is waited for.)"""
-    with trio.move_on_after(seconds) as scope:
-        await fn()
-    return not scope.cancelled_caught
 
 
 #: What asyncio-only libraries raise when they find no asyncio loop: asyncio's
@@ -159,14 +160,14 @@ async def _run_and_close(job: Job[Any]) -> None:
     # and the job's variables are set here, in the main task's own copy.
     for var, value in job.context.items():
         var.set(value)
-    state = LoopState(trio.Event)
+    state = LoopState(TRIO)
     state.attach(trio.lowlevel.current_trio_token())
     try:
         await _execute_unscoped(job)
     finally:
         if state:
             with trio.CancelScope(shield=True):
-                await state.aclose(within, CLEANUP_GRACE)
+                await state.aclose()
         else:
             state.detach()
 
@@ -175,9 +176,9 @@ class TrioLoopThread(LoopThread):
     """``trio.run`` in a daemon thread; calls and background tasks enter through its
     TrioToken."""
 
-    def __init__(self, options: CommonOptions) -> None:
-        super().__init__("trio", options)
-        self._jobs: set[Job[Any]] = set()
+    def __init__(self, backend: Backend, options: CommonOptions) -> None:
+        super().__init__(backend, options)
+        self._jobs = JobSet()
         self._token: trio.lowlevel.TrioToken | None = None
         self._stop: trio.Event | None = None
         self._grace = 0.0
@@ -186,7 +187,7 @@ class TrioLoopThread(LoopThread):
         trio.run(self._lifetime, instruments=instruments(self.options))
 
     async def _lifetime(self) -> None:
-        state = LoopState(trio.Event)
+        state = LoopState(TRIO)
         self._token = trio.lowlevel.current_trio_token()
         state.attach(self._token)
         self._stop = trio.Event()
@@ -194,19 +195,7 @@ class TrioLoopThread(LoopThread):
         await self._stop.wait()
         # loopshim's own jobs first, then loop-local values while the clients' tasks
         # still run; trio.run then closes async generators and whatever is left.
-        await self._wait_for_jobs(self._grace)
-        leftover = list(self._jobs)
-        for job in leftover:
-            job.cancel("closed")
-        if leftover:
-            await self._wait_for_jobs(CANCEL_GRACE)
-            log_cancelled_at_close("trio", leftover, self._grace)
-        await state.aclose(within, CLEANUP_GRACE)
-
-    async def _wait_for_jobs(self, limit: float) -> None:
-        with trio.move_on_after(limit):
-            while self._jobs:
-                await trio.sleep(_POLL)
+        await close_own_work(TRIO, self.backend.name, state, self._jobs, self._grace)
 
     def call_soon(self, callback: Callable[[], object]) -> None:
         assert self._token is not None
@@ -229,7 +218,7 @@ class TrioLoopThread(LoopThread):
         self._jobs.add(job)
         trio.lowlevel.spawn_system_task(_execute, job, self._jobs, context=job.context)
 
-    def cancel(self, job: Job[Any], reason: str) -> None:
+    def cancel(self, job: Job[Any], reason: CancelReason) -> None:
         assert self._token is not None
         with contextlib.suppress(trio.RunFinishedError):  # the run took its jobs with it
             self._token.run_sync_soon(job.cancel, reason)
@@ -253,9 +242,10 @@ class TrioBackend(Backend):
     trio is a version it was tested against, else public API only (a fresh ``trio.run``
     per call). The other scopes always use public API only."""
 
-    name = "trio"
+    library: ClassVar[Library] = TRIO
 
-    def __init__(self, driver: str) -> None:
+    def __init__(self, name: str, driver: str = "auto") -> None:
+        super().__init__(name)
         if driver == "internal" and not _trio_driver.supported():
             first, last = _trio_driver.TESTED_VERSIONS
             raise OptionError(
@@ -272,7 +262,7 @@ class TrioBackend(Backend):
             # A thread-scope loop is driven only by the thread that opens it.
             interruptible = threading.current_thread() is threading.main_thread()
             execute = _execute if interruptible else _execute_unscoped
-            return _trio_driver.TrioDrivenLoop(execute, within, instruments(options))
+            return _trio_driver.TrioDrivenLoop(execute, instruments(options))
         return FreshRunLoop(options)
 
     def run_fresh(self, job: Job[Any], options: CommonOptions) -> None:
@@ -281,10 +271,11 @@ class TrioBackend(Backend):
     def loop_thread(self, options: CommonOptions) -> LoopThread:
         if threading_patched():  # trio was imported before gevent patched (--preload)
             refuse_backend("trio")
-        return TrioLoopThread(options)
+        return TrioLoopThread(self, options)
 
-    def describe(self) -> str:
-        return f"driver={self.driver}"
+    def describe(self, scope: str) -> str:
+        # Only thread scope has a choice of driver; the others use public API only.
+        return f"driver={self.driver}" if scope == "thread" else ""
 
 
 def _driver_option(name: str, value: object) -> str:
@@ -295,12 +286,6 @@ def _driver_option(name: str, value: object) -> str:
     return str(value)
 
 
-_EXTRA_OPTIONS: dict[str, Validator] = {"driver": _driver_option}
+TrioBackend.extra_options = {"driver": _driver_option}
 
-
-def create_trio_runner(*, scope: Any, **options: Any) -> Runner:
-    """The ``trio`` backend's factory: options ``timeout``, ``shutdown_timeout``,
-    ``debug`` (log task steps that block the loop over 0.1 s) and ``driver``
-    (``"auto"``, ``"internal"`` or ``"public"``: how ``thread`` scope runs trio)."""
-    common, extra = parse_options("trio", options, _EXTRA_OPTIONS)
-    return Runner(TrioBackend(extra.get("driver", "auto")), scope, common)
+backend_class = TrioBackend

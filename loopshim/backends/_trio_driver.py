@@ -21,8 +21,9 @@ from typing import Any, Final
 import sniffio
 import trio
 
-from .._loop_local import Bounded, LoopState
-from .._runner import CLEANUP_GRACE, DrivenLoop, Job
+from .._core import CancelReason, DrivenLoop, Job, LoopState
+from .._errors import LoopError
+from ._libraries import TRIO
 
 #: trio versions this driver was written and tested against: [first, last).
 TESTED_VERSIONS: Final = ((0, 25), (0, 36))
@@ -76,17 +77,15 @@ class TrioDrivenLoop(DrivenLoop):
     def __init__(
         self,
         execute: Callable[[Job[Any]], Any],
-        within: Bounded,
         instruments: Sequence[trio.abc.Instrument],
     ) -> None:
         from trio._core import _run
 
         super().__init__()
         self._execute = execute
-        self._within = within
         self._context = _run.GLOBAL_RUN_CONTEXT
         self._stop: trio.Event | None = None
-        self._state = LoopState(trio.Event)
+        self._state = LoopState(TRIO)
         outer_hooks = sys.get_asyncgen_hooks()
         try:
             # trio copies the current context as the run's system context (for system
@@ -110,7 +109,7 @@ class TrioDrivenLoop(DrivenLoop):
         self._state.attach(trio.lowlevel.current_trio_token())
         self._stop = trio.Event()
         await self._stop.wait()
-        await self._state.aclose(self._within, CLEANUP_GRACE)
+        await self._state.aclose()
 
     def _drive(self, done: Callable[[], bool]) -> None:
         gen = self._gen
@@ -158,7 +157,7 @@ class TrioDrivenLoop(DrivenLoop):
         except StopIteration:
             # The run ended under us.
             self.broken = True
-            raise RuntimeError("the trio run ended before the call finished") from None
+            raise LoopError("the trio run ended before the call finished") from None
         except trio.TrioInternalError as exc:
             # An interrupt landed inside trio's scheduler: this run is gone.
             self.broken = True
@@ -167,7 +166,7 @@ class TrioDrivenLoop(DrivenLoop):
             raise
         except BaseException:
             if not job.done:
-                job.cancel_reason = "interrupted"
+                job.cancel_reason = CancelReason.INTERRUPTED
                 if job.handle is not None:
                     job.handle.cancel()
                 self._drive(lambda: job.done)

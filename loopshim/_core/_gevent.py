@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ._errors import BackendUnavailable, ScopeError
+from .._errors import BackendUnavailable, ScopeError
 
 
 def threading_patched() -> bool:

@@ -8,51 +8,53 @@ with the stack where it is stuck, and logs again once the loop answers.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import gc
-import logging
 import os
 import selectors
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from types import FrameType, ModuleType
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from . import _gevent
+from ._log import logger
 
-if TYPE_CHECKING:
-    from ._runner import LoopThread
 
-logger = logging.getLogger("loopshim")
+class Watched(Protocol):
+    """The loop thread a watchdog watches."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def ident(self) -> int | None: ...
+
+    shutting_down: bool
+
+    def call_soon(self, callback: Callable[[], object]) -> None: ...
 
 
 def _directory_of(module: ModuleType) -> str:
     return os.path.dirname(module.__file__ or "") + os.sep
 
 
-#: Frames from these directories or files are the loop's machinery, not user code.
+#: Frames from these directories or files are machinery, not user code, whatever the
+#: library: loopshim itself and the standard library's threads and selectors.
 _MACHINERY = (
-    _directory_of(asyncio),
+    os.path.dirname(os.path.dirname(__file__)) + os.sep,  # loopshim itself
     _directory_of(concurrent.futures),
-    os.path.dirname(__file__) + os.sep,  # loopshim itself
     contextlib.__file__,
     selectors.__file__,
     threading.__file__,
 )
 
 
-def _is_machinery(frame: FrameType) -> bool:
-    filename = frame.f_code.co_filename
-    if filename.startswith(_MACHINERY):
-        return True
-    return any(f"{os.sep}{lib}{os.sep}" in filename for lib in ("trio", "outcome", "sniffio"))
-
-
-def describe_blocker(frame: FrameType | None) -> tuple[str, str]:
+def describe_blocker(frame: FrameType | None, machinery: tuple[str, ...] = ()) -> tuple[str, str]:
     """The function the loop is running on behalf of its caller, and where it is stuck:
     ``(name, formatted stack)`` for the stack ending at *frame*."""
     stack = []
@@ -60,7 +62,8 @@ def describe_blocker(frame: FrameType | None) -> tuple[str, str]:
         stack.append(frame)
         frame = frame.f_back
     stack.reverse()  # outermost first
-    user = [f for f in stack if not _is_machinery(f)]
+    skip = _MACHINERY + machinery
+    user = [f for f in stack if not f.f_code.co_filename.startswith(skip)]
     if not user:
         return "the loop's own machinery", _format(stack[-8:])
     outer = user[0]
@@ -89,9 +92,10 @@ def _format(frames: list[FrameType]) -> str:
 class BlockWatchdog:
     """Watches one loop thread; started after the loop is ready, stopped at close."""
 
-    def __init__(self, loop_thread: LoopThread, threshold: float) -> None:
+    def __init__(self, loop_thread: Watched, threshold: float, machinery: tuple[str, ...]) -> None:
         self.loop_thread = loop_thread
         self.threshold = threshold
+        self.machinery = machinery
         self._stopping = _gevent.new_event()
         self._thread = _gevent.new_thread(self._watch, f"{loop_thread.name}-watchdog")
 
@@ -121,7 +125,7 @@ class BlockWatchdog:
         started = time.monotonic() - self.threshold
         ident = self.loop_thread.ident
         frame = sys._current_frames().get(ident) if ident is not None else None
-        culprit, stack = describe_blocker(frame)
+        culprit, stack = describe_blocker(frame, self.machinery)
         logger.warning(
             "the %s loop has been blocked for more than %.2f s by %s: every call on this "
             "runner waits until it yields. Blocking code in async functions belongs in a "

@@ -4,31 +4,21 @@ state that loopshim keeps for every loop it runs."""
 from __future__ import annotations
 
 import inspect
-import logging
-import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
-from ._errors import LoopshimError
+from .._errors import ArgumentError, UsageError
+from . import _backend
+from ._backend import Library, libraries
+from ._log import logger
 
 __all__ = ["LoopLocal", "LoopState", "loop_local"]
 
 T = TypeVar("T")
-logger = logging.getLogger("loopshim")
 
 # Maps a loop's key (an asyncio loop, or a trio run's TrioToken) to its LoopState.
 _states: dict[object, LoopState] = {}
-
-
-class Bounded(Protocol):
-    """How a backend runs cleanup with a time limit: ``await within(seconds, fn)``
-    awaits ``fn()``, cancels it (with the backend's own cancellation) when *seconds*
-    pass, and returns whether it finished in time."""
-
-    def __call__(
-        self, seconds: float, fn: Callable[[], Awaitable[object]], /
-    ) -> Awaitable[bool]: ...
 
 
 class _Creating:
@@ -44,13 +34,12 @@ class _Creating:
 class LoopState:
     """What loopshim keeps for one event loop: its loop-local values, in creation order."""
 
-    __slots__ = ("_key", "_new_event", "_values")
+    __slots__ = ("_key", "_library", "_values")
 
-    def __init__(self, new_event: Callable[[], Any] | None = None) -> None:
+    def __init__(self, library: Library) -> None:
         self._key: object = None
         self._values: dict[LoopLocal[Any], object] = {}
-        #: Makes an event of the loop's library (``set()``, ``await wait()``).
-        self._new_event = new_event
+        self._library = library
 
     def attach(self, key: object) -> None:
         """Make this the state of the loop identified by *key* (call inside the loop)."""
@@ -60,23 +49,24 @@ class LoopState:
     def __bool__(self) -> bool:
         return bool(self._values)
 
-    async def aclose(self, within: Bounded, limit: float) -> None:
+    async def aclose(self) -> None:
         """Close the loop-local values, newest first, then forget this loop.
 
         Runs inside the loop while it is still fully alive (the clients' own tasks
-        included), before anything is cancelled. Closing all of them may take *limit*
-        seconds; an ``aclose`` still running then is cancelled and logged. A failing
+        included), before anything is cancelled. Closing all of them may take
+        ``CLEANUP_GRACE`` seconds; an ``aclose`` still running then is cancelled and
+        logged. A failing
         ``aclose`` is logged with its traceback and does not stop the others;
         ``KeyboardInterrupt`` and ``SystemExit`` are re-raised once the rest is closed.
         """
-        deadline = time.monotonic() + limit
+        deadline = time.monotonic() + _backend.CLEANUP_GRACE
         interrupt: BaseException | None = None
         try:
             while self._values:
                 local, value = self._values.popitem()
                 if local.aclose is None or isinstance(value, _Creating):
                     continue
-                error = await _close_one(local, value, within, deadline)
+                error = await _close_one(local, value, self._library, deadline)
                 if isinstance(error, (KeyboardInterrupt, SystemExit)) and interrupt is None:
                     interrupt = error
         finally:
@@ -92,14 +82,16 @@ class LoopState:
 
 
 async def _close_one(
-    local: LoopLocal[Any], value: object, within: Bounded, deadline: float
+    local: LoopLocal[Any], value: object, library: Library, deadline: float
 ) -> BaseException | None:
     """Await ``local.aclose(value)`` until *deadline*; log what goes wrong and return
     the exception it raised, if any."""
     aclose = local.aclose
     assert aclose is not None
     try:
-        finished = await within(max(0.0, deadline - time.monotonic()), lambda: aclose(value))
+        finished = await library.within(
+            max(0.0, deadline - time.monotonic()), lambda: aclose(value)
+        )
     except BaseException as exc:
         logger.error("loop_local: closing %s failed", _describe(value), exc_info=exc)
         return exc
@@ -120,27 +112,23 @@ def _describe(value: object) -> str:
 
 
 def _current_loop_key() -> tuple[str, object] | None:
-    import asyncio
-
-    loop = asyncio._get_running_loop()
-    if loop is not None:
-        return "asyncio", loop
-    trio = sys.modules.get("trio")
-    if trio is not None and trio.lowlevel.in_trio_task():
-        return "trio", trio.lowlevel.current_trio_token()
+    for library in libraries:
+        key = library.current_loop_key()
+        if key is not None:
+            return library.name, key
     return None
 
 
 def _current_state(method: str) -> LoopState:
     found = _current_loop_key()
     if found is None:
-        raise LoopshimError(
+        raise UsageError(
             f"loop_local.{method}() must be called inside a coroutine running on an event "
             "loop (it returns that loop's instance); no loop is running in this thread"
         )
     state = _states.get(found[1])
     if state is None:
-        raise LoopshimError(
+        raise UsageError(
             f"loop_local.{method}() was called on {_a(found[0])} loop that loopshim did not "
             "start, so loopshim could not close the value with it; run the coroutine "
             "through a loopshim runner (loopshim.get_runner(...).run(...))"
@@ -163,9 +151,9 @@ class LoopLocal(Generic[T]):
         aclose: Callable[[T], Awaitable[object]] | None = None,
     ) -> None:
         if not callable(factory):
-            raise TypeError(f"loop_local() needs a callable factory, got {factory!r}")
+            raise ArgumentError(f"loop_local() needs a callable factory, got {factory!r}")
         if aclose is not None and not callable(aclose):
-            raise TypeError(f"loop_local(aclose=...) must be an async callable, got {aclose!r}")
+            raise ArgumentError(f"loop_local(aclose=...) must be an async callable, got {aclose!r}")
         self.factory = factory
         self.aclose = aclose
 
@@ -184,7 +172,7 @@ class LoopLocal(Generic[T]):
             made = self.factory()
             if inspect.iscoroutine(made):
                 made.close()  # never awaited: close it to avoid a warning
-                raise TypeError(
+                raise ArgumentError(
                     f"the loop_local factory {_name(self.factory)} is an async function "
                     "(it returned a coroutine); use `await local.aget()` instead of "
                     "`local.get()`, which awaits the factory once per loop"
@@ -192,7 +180,7 @@ class LoopLocal(Generic[T]):
             # A loop runs one callback at a time, so no other task can race us here.
             state._values[self] = value = made
         elif isinstance(value, _Creating):
-            raise TypeError(
+            raise ArgumentError(
                 f"the loop_local value of {_name(self.factory)} is being made by its async "
                 "factory; use `await local.aget()`, which waits for it"
             )
@@ -219,10 +207,7 @@ class LoopLocal(Generic[T]):
         if not inspect.iscoroutine(made):
             state._values[self] = made
             return made  # type: ignore[return-value]
-        if state._new_event is None:  # pragma: no cover - every backend provides one
-            made.close()
-            raise LoopshimError("this loop's backend cannot wait for async loop_local values")
-        creating = _Creating(state._new_event())
+        creating = _Creating(state._library.new_event())
         state._values[self] = creating
         try:
             result: T = await made

@@ -1,6 +1,7 @@
-"""The backend registry: built-in backends imported lazily, third-party ones from
-:func:`register_backend` or the ``loopshim.backends`` entry-point group, and the
-cache that makes every caller of :func:`get_runner` share one runner (and one loop)."""
+"""The backend registry: built-in backends found by convention and imported lazily
+(``loopshim.backends._<name>.backend_class``), third-party ones from
+:func:`register_backend` or the ``loopshim.backends`` entry-point group, and
+:func:`get_runner`, which makes every caller share one runner (and one loop)."""
 
 from __future__ import annotations
 
@@ -8,22 +9,41 @@ import importlib
 import importlib.metadata
 import importlib.util
 import os
-import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, Union
 
-from ._errors import BackendNotFound, BackendUnavailable, OptionError
+from .._errors import ArgumentError, BackendNotFound, BackendUnavailable, OptionError
+from .._options import DEFAULT_SCOPE, check_scope, did_you_mean, parse_options
+from . import _lifecycle
+from ._backend import Backend, register_library
 from ._gevent import refuse_backend, threading_patched
-from ._options import DEFAULT_SCOPE, check_scope, did_you_mean
-from ._runner import LoopRunner
+from ._protocol import LoopRunner
+from ._runner import Runner
 
-__all__ = ["available_backends", "get_runner", "register_backend", "run"]
+__all__ = [
+    "BUILTIN_BACKENDS",
+    "DEFAULT_BACKEND",
+    "ENV_VAR",
+    "BuiltIn",
+    "available_backends",
+    "backend_origin",
+    "default_backend",
+    "get_runner",
+    "install_hint",
+    "known_backends",
+    "load_backend",
+    "register_backend",
+    "run",
+]
 
 T = TypeVar("T")
 
-#: A backend factory: ``factory(scope=..., **options) -> LoopRunner``.
-BackendFactory = Callable[..., LoopRunner]
+#: A fully custom backend: ``factory(scope=..., **options) -> LoopRunner``.
+RunnerFactory = Callable[..., LoopRunner]
+#: What can be registered: a :class:`~loopshim.abc.Backend` subclass (which gets every
+#: scope and guarantee), or a factory of fully custom runners.
+BackendSpec = Union[type[Backend], RunnerFactory]  # noqa: UP007 (a runtime alias on 3.10)
 
 ENTRY_POINT_GROUP: Final = "loopshim.backends"
 ENV_VAR: Final = "LOOPSHIM_BACKEND"
@@ -31,59 +51,40 @@ DEFAULT_BACKEND: Final = "asyncio"
 
 
 @dataclass(frozen=True)
-class _BuiltIn:
-    module: str
-    factory: str
+class BuiltIn:
+    """A backend that ships with loopshim, in ``loopshim.backends._<name>``."""
+
     requires: str | None = None  # the import the backend needs
     extra: str | None = None  # the loopshim extra that installs it
     gevent_ok: bool = True  # whether it runs under gevent's monkey-patching
+    unsupported_platforms: tuple[str, ...] = ()  # values of sys.platform it cannot run on
 
     @property
     def install_command(self) -> str:
-        return _pip_extra(self.extra)
+        return install_hint(self.extra) if self.extra else ""
+
+    def installed(self) -> bool:
+        return self.requires is None or importlib.util.find_spec(self.requires) is not None
 
 
-def _pip_extra(extra: str | None) -> str:
+BUILTIN_BACKENDS: Final[dict[str, BuiltIn]] = {
+    "asyncio": BuiltIn(),
+    "uvloop": BuiltIn("uvloop", "uvloop", unsupported_platforms=("win32",)),
+    "trio": BuiltIn("trio", "trio", gevent_ok=False),
+}
+
+
+def install_hint(extra: str) -> str:
+    """The ``pip install`` line for loopshim's *extra*."""
     return f'pip install "loopshim[{extra}]"'
 
 
-BUILTIN_BACKENDS: Final[dict[str, _BuiltIn]] = {
-    "asyncio": _BuiltIn("loopshim.backends._asyncio", "create_asyncio_runner"),
-    "uvloop": _BuiltIn("loopshim.backends._asyncio", "create_uvloop_runner", "uvloop", "uvloop"),
-    "trio": _BuiltIn(
-        "loopshim.backends._trio", "create_trio_runner", "trio", "trio", gevent_ok=False
-    ),
-}
-
-#: Which loopshim extra installs an optional module: the backends' libraries, and what
-#: the Flask integration and ``loopshim bench`` need.
-_EXTRA_OF_MODULE: Final[dict[str, str]] = {
-    **{b.requires: b.extra for b in BUILTIN_BACKENDS.values() if b.requires and b.extra},
-    "flask": "flask",
-    "asgiref": "bench",
-    "anyio": "bench",
-    "matplotlib": "bench",
-}
-
-
-def install_hint(module: str) -> str:
-    """The ``pip install`` line that provides *module*."""
-    extra = _EXTRA_OF_MODULE.get(module)
-    return _pip_extra(extra) if extra else f"pip install {module}"
-
-
-_registered: dict[str, BackendFactory] = {}
-_cache: dict[tuple[Any, ...], LoopRunner] = {}
-_lock = threading.Lock()
+_registered: dict[str, BackendSpec] = {}
 
 
 def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
     found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
     return {ep.name: ep for ep in found}
-
-
-def _installed(builtin: _BuiltIn) -> bool:
-    return builtin.requires is None or importlib.util.find_spec(builtin.requires) is not None
 
 
 def available_backends() -> list[str]:
@@ -93,7 +94,7 @@ def available_backends() -> list[str]:
 
     .. versionadded:: 0.1
     """
-    names = [name for name, builtin in BUILTIN_BACKENDS.items() if _installed(builtin)]
+    names = [name for name, builtin in BUILTIN_BACKENDS.items() if builtin.installed()]
     extra = sorted((set(_registered) | set(_entry_points())) - set(names))
     return names + extra
 
@@ -118,29 +119,33 @@ def _distribution(ep: importlib.metadata.EntryPoint, unknown: str) -> str:
     return f"{dist.name} {dist.version}" if dist is not None else unknown
 
 
-def register_backend(name: str, factory: BackendFactory, *, replace: bool = False) -> None:
-    """Make *factory* available as backend *name*.
+def register_backend(name: str, backend: BackendSpec, *, replace: bool = False) -> None:
+    """Make *backend* available as backend *name*.
 
-    *factory* is called as ``factory(scope=scope, **options)`` and must return a
+    *backend* is either a subclass of :class:`loopshim.abc.Backend` — it then gets all
+    three scopes and every guarantee of the built-in backends — or a factory of fully
+    custom runners, called as ``factory(scope=scope, **options)``, which must return a
     :class:`~loopshim.LoopRunner`. Installed packages can do the same without code by
     declaring an entry point in the ``loopshim.backends`` group.
 
     .. versionadded:: 0.1
     """
     if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError(f"backend names are identifiers such as 'my_loop'; got {name!r}")
-    if not callable(factory):
-        raise TypeError(f"register_backend() needs a callable factory, got {factory!r}")
+        raise OptionError(f"backend names are identifiers such as 'my_loop'; got {name!r}")
+    if not callable(backend):
+        raise ArgumentError(
+            f"register_backend() needs a Backend subclass or a runner factory, got {backend!r}"
+        )
     if not replace and (name in BUILTIN_BACKENDS or name in _registered):
-        raise ValueError(f"backend {name!r} is already defined; pass replace=True to override it")
-    with _lock:
-        _registered[name] = factory
-        evicted = [_cache.pop(k) for k in [k for k in _cache if k[0] == name]]
+        raise OptionError(f"backend {name!r} is already defined; pass replace=True to override it")
+    with _lifecycle.registry_lock():
+        _registered[name] = backend
+        evicted = _lifecycle.evict(name)
     for runner in evicted:  # nobody can get them any more: release their loops
         runner.close()
 
 
-def _import_builtin(name: str, builtin: _BuiltIn) -> BackendFactory:
+def _import_builtin(name: str, builtin: BuiltIn) -> BackendSpec:
     if not builtin.gevent_ok and threading_patched():
         refuse_backend(name)
     if builtin.requires is not None:
@@ -152,13 +157,13 @@ def _import_builtin(name: str, builtin: _BuiltIn) -> BackendFactory:
                 f"installed or failed to import ({exc}). Install it with: "
                 f"{builtin.install_command}"
             ) from exc
-    module = importlib.import_module(builtin.module)
-    return getattr(module, builtin.factory)  # type: ignore[no-any-return]
+    module = importlib.import_module(f"loopshim.backends._{name}")
+    return module.backend_class  # type: ignore[no-any-return]
 
 
-def _load_entry_point(name: str, ep: importlib.metadata.EntryPoint) -> BackendFactory:
+def _load_entry_point(name: str, ep: importlib.metadata.EntryPoint) -> BackendSpec:
     try:
-        factory = ep.load()
+        loaded = ep.load()
     except Exception as exc:
         origin = _distribution(ep, "an unknown distribution")
         raise BackendUnavailable(
@@ -166,19 +171,20 @@ def _load_entry_point(name: str, ep: importlib.metadata.EntryPoint) -> BackendFa
             f"{ENTRY_POINT_GROUP!r}) of {origin}, and loading it failed: {exc!r}. "
             "Reinstall or fix that package, or uninstall it"
         ) from exc
-    return factory  # type: ignore[no-any-return]
+    return loaded  # type: ignore[no-any-return]
 
 
-def backend_factory(name: str, source: str | None = None) -> BackendFactory:
-    """The factory of backend *name*, importing it if needed; *source* says where the
-    name came from (``$LOOPSHIM_BACKEND``), for the error when it is unknown."""
+def load_backend(name: str, source: str | None = None) -> BackendSpec:
+    """Backend *name*, imported if needed: its :class:`~loopshim.abc.Backend` class, or
+    its runner factory. *source* says where the name came from (``$LOOPSHIM_BACKEND``),
+    for the error when it is unknown."""
     if not isinstance(name, str):
         raise BackendNotFound(
             f"a backend name is a string such as 'asyncio'; got {name!r} ({type(name).__name__})"
         )
-    factory = _registered.get(name)
-    if factory is not None:
-        return factory
+    spec = _registered.get(name)
+    if spec is not None:
+        return spec
     builtin = BUILTIN_BACKENDS.get(name)
     if builtin is not None:
         return _import_builtin(name, builtin)
@@ -206,16 +212,25 @@ def default_backend() -> tuple[str, str]:
     return DEFAULT_BACKEND, "default"
 
 
-def _create(
-    name: str, scope: str, options: dict[str, Any], source: str | None = None
-) -> LoopRunner:
-    factory = backend_factory(name, source)
-    runner = factory(scope=scope, **options)
-    if not isinstance(runner, LoopRunner):
-        raise TypeError(
-            f"the factory of backend {name!r} returned {runner!r}, which is not a LoopRunner"
+def _is_backend_class(spec: object) -> bool:
+    return isinstance(spec, type) and issubclass(spec, Backend)
+
+
+def _create(name: str, scope: str, options: Mapping[str, Any], source: str | None) -> LoopRunner:
+    spec = load_backend(name, source)
+    if _is_backend_class(spec):
+        backend_class: type[Backend] = spec  # type: ignore[assignment]
+        common, extra = parse_options(name, options, backend_class.extra_options)
+        backend = backend_class(name, **extra)
+        register_library(backend.library)
+        runner: LoopRunner = Runner(backend, scope, common)  # type: ignore[arg-type]
+        return runner
+    custom = spec(scope=scope, **options)
+    if not isinstance(custom, LoopRunner):
+        raise ArgumentError(
+            f"the factory of backend {name!r} returned {custom!r}, which is not a LoopRunner"
         )
-    return runner
+    return custom
 
 
 def get_runner(
@@ -251,24 +266,22 @@ def get_runner(
             f"runner options must be hashable to share a runner; got {options!r}. "
             "Pass cached=False for a private runner"
         ) from None
-    with _lock:
-        runner = _cache.get(key)
-        if runner is None or getattr(runner, "closed", False):
+    with _lifecycle.registry_lock():
+        runner = _lifecycle.shared(key)
+        if runner is None:
             runner = _create(name, checked_scope, options, source)
-            _cache[key] = runner
+            _lifecycle.share(key, runner)
         return runner
 
 
-def run(
-    async_fn: Callable[..., Awaitable[T]],
-    /,
-    *args: Any,
-    backend: str | None = None,
-    **kwargs: Any,
-) -> T:
-    """Run ``async_fn(*args, **kwargs)`` on the shared runner of *backend* (default:
-    ``$LOOPSHIM_BACKEND``, else asyncio), ``process`` scope. For scripts.
+def run(async_fn: Callable[..., Awaitable[T]], /, *args: Any, backend: str | None = None) -> T:
+    """Run ``async_fn(*args)`` on the shared ``process``-scope runner of *backend*
+    (default: ``$LOOPSHIM_BACKEND``, else asyncio) and return its result. For scripts.
+
+    Only positional arguments are passed on, so that no keyword of yours can clash with
+    ``backend``; for keyword arguments use :func:`functools.partial`. (``Runner.run``
+    passes both.)
 
     .. versionadded:: 0.1
     """
-    return get_runner(backend).run(async_fn, *args, **kwargs)
+    return get_runner(backend).run(async_fn, *args)

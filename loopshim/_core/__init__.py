@@ -1,0 +1,118 @@
+"""loopshim's core: the machinery every backend shares. This is the one import surface
+of the package's private core, for the integrations (``flask``, ``wsgi``, the pytest
+plugin, the CLI) and for the backends; nothing outside ``_core`` imports its modules
+directly."""
+
+from __future__ import annotations
+
+from ._backend import (
+    CANCEL_GRACE,
+    CLEANUP_GRACE,
+    SHUTDOWN_OVERHEAD,
+    AsyncEvent,
+    Backend,
+    DrivenLoop,
+    Library,
+    LoopThread,
+    libraries,
+    library,
+    machinery_of,
+    register_library,
+    running_library,
+)
+from ._checks import (
+    check_async_callable,
+    check_not_in_loop,
+    is_async_callable,
+    is_plain_async_def,
+    reentrant_error,
+)
+from ._gevent import native_selector, refuse_backend, refuse_scope, threading_patched
+from ._job import (
+    CancelReason,
+    CopyBackLog,
+    Job,
+    add_note,
+    changed,
+    copied_back,
+    copy_back,
+    describe_callable,
+    log_cancelled_at_close,
+)
+from ._log import logger
+from ._loop_local import LoopLocal, LoopState, loop_local
+from ._protocol import LoopRunner
+from ._registry import (
+    BUILTIN_BACKENDS,
+    DEFAULT_BACKEND,
+    ENV_VAR,
+    available_backends,
+    backend_origin,
+    default_backend,
+    get_runner,
+    install_hint,
+    known_backends,
+    load_backend,
+    register_backend,
+    run,
+)
+from ._runner import Runner
+from ._shutdown import JobSet, close_own_work
+from ._sync_call import SyncCall, direct_call, sync_caller_maker
+
+__all__ = [
+    "BUILTIN_BACKENDS",
+    "CANCEL_GRACE",
+    "CLEANUP_GRACE",
+    "DEFAULT_BACKEND",
+    "ENV_VAR",
+    "SHUTDOWN_OVERHEAD",
+    "AsyncEvent",
+    "Backend",
+    "CancelReason",
+    "CopyBackLog",
+    "DrivenLoop",
+    "Job",
+    "JobSet",
+    "Library",
+    "LoopLocal",
+    "LoopRunner",
+    "LoopState",
+    "LoopThread",
+    "Runner",
+    "SyncCall",
+    "add_note",
+    "available_backends",
+    "backend_origin",
+    "changed",
+    "check_async_callable",
+    "check_not_in_loop",
+    "close_own_work",
+    "copied_back",
+    "copy_back",
+    "default_backend",
+    "describe_callable",
+    "direct_call",
+    "get_runner",
+    "install_hint",
+    "is_async_callable",
+    "is_plain_async_def",
+    "known_backends",
+    "libraries",
+    "library",
+    "load_backend",
+    "log_cancelled_at_close",
+    "logger",
+    "loop_local",
+    "machinery_of",
+    "native_selector",
+    "reentrant_error",
+    "refuse_backend",
+    "refuse_scope",
+    "register_backend",
+    "register_library",
+    "run",
+    "running_library",
+    "sync_caller_maker",
+    "threading_patched",
+]

@@ -1,0 +1,158 @@
+"""The built-in runner: one backend in one scope, behind the :class:`LoopRunner`
+protocol."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextvars
+import functools
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar
+
+from .._errors import OptionError
+from .._options import CommonOptions, Scope, is_seconds
+from . import _lifecycle
+from ._backend import Backend
+from ._checks import check_async_callable
+from ._job import Job
+from ._scopes import SCOPE_CLASSES
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["COROUTINE_MARKERS", "Runner"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: Markers that make inspect / asyncio treat an object as a coroutine function; a
+#: synchronous caller must never expose them.
+COROUTINE_MARKERS: Final = frozenset({"_is_coroutine_marker", "_is_coroutine"})
+
+
+class Runner:
+    """The built-in :class:`LoopRunner`: one backend, one scope.
+
+    Create runners with :func:`loopshim.get_runner`, not directly.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, backend: Backend, scope: Scope, options: CommonOptions) -> None:
+        if "block_warning" in options.given and scope != "process":
+            raise OptionError(
+                f"option 'block_warning' applies to process scope only; in {scope} scope "
+                "each loop runs in its caller's thread, so blocking code stalls only that "
+                "caller. Drop the option, or use process scope"
+            )
+        self.name = backend.name
+        self.scope: str = scope
+        self.options = options
+        self._scope = SCOPE_CLASSES[scope](backend, options)
+        _lifecycle.track(self)
+
+    def run(self, async_fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``async_fn(*args, **kwargs)`` on this runner's loop and return its result.
+
+        Blocks the calling thread until the coroutine finishes. Exceptions propagate
+        unchanged; context variables the coroutine sets are visible afterwards; with the
+        ``timeout`` option the coroutine is cancelled and :class:`TimeoutError` raised.
+
+        .. versionadded:: 0.1
+        """
+        check_async_callable(async_fn, "run")
+        return self._scope.call(async_fn, *args, **kwargs)  # type: ignore[no-any-return]
+
+    def wrap(self, async_fn: Callable[P, Awaitable[T]]) -> Callable[P, T]:
+        """Return a synchronous function that runs *async_fn* on this runner.
+
+        The wrapper keeps *async_fn*'s name, docstring and signature
+        (:func:`functools.wraps`) and forwards positional and keyword arguments.
+
+        .. versionadded:: 0.1
+        """
+        check_async_callable(async_fn, "wrap")
+        call = self._scope.call
+
+        @functools.wraps(async_fn)
+        def run_sync(*args: P.args, **kwargs: P.kwargs) -> T:
+            return call(async_fn, *args, **kwargs)  # type: ignore[no-any-return]
+
+        # functools.wraps copies __dict__, and with it any "this is a coroutine
+        # function" marker; the wrapper is synchronous and must not claim otherwise.
+        for marker in COROUTINE_MARKERS:
+            run_sync.__dict__.pop(marker, None)
+        return run_sync
+
+    def spawn(
+        self, async_fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> concurrent.futures.Future[T]:
+        """Start ``async_fn(*args, **kwargs)`` as a background task and return at once.
+
+        Only ``process`` scope has a loop that outlives the call; the other scopes raise
+        :class:`~loopshim.ScopeError`. Callable from sync code in any thread, and from a
+        coroutine running on this runner's loop. The task starts in an empty context, so
+        it never sees the request that started it unless handed over explicitly. Its
+        result or exception lands in the returned future (an exception is also logged
+        on the ``loopshim`` logger); ``future.cancel()`` cancels the task; ``close()``
+        drains it for ``shutdown_timeout`` seconds, then cancels it.
+
+        .. versionadded:: 0.1
+        """
+        check_async_callable(async_fn, "spawn")
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        job: Job[T] = Job(async_fn, args, kwargs, context=contextvars.Context(), future=future)
+        cancel = self._scope.spawn(job)
+
+        def on_done(fut: concurrent.futures.Future[T]) -> None:
+            if fut.cancelled() and not job.done:
+                cancel()
+
+        future.add_done_callback(on_done)
+        return future
+
+    def close(self, timeout: float | None = None) -> None:
+        """Drain background tasks and in-flight calls for up to *timeout* seconds
+        (default: the ``shutdown_timeout`` option), cancel what is left, close
+        loop-local values and loops, and join the loop thread. Idempotent. Later calls
+        raise :class:`~loopshim.RunnerClosed`.
+
+        .. versionadded:: 0.1
+        """
+        if timeout is None:
+            grace = self.options.shutdown_timeout
+        elif is_seconds(timeout, zero_ok=True):
+            grace = float(timeout)
+        else:
+            raise OptionError(
+                "close(timeout=...) takes the grace period in seconds (a finite number, "
+                f"0 or more), or None for the shutdown_timeout option; got {timeout!r}"
+            )
+        self._scope.close(grace)
+        _lifecycle.forget(self)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called.
+
+        .. versionadded:: 0.1
+        """
+        return self._scope.closed
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        extra = self._scope.backend.describe(self.scope)
+        details = f"scope={self.scope} {state}" + (f", {extra}" if extra else "")
+        return f"<loopshim.Runner {self.name} {details}>"

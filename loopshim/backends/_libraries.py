@@ -1,0 +1,125 @@
+"""The async libraries loopshim knows without being asked: asyncio (which uvloop runs
+too) and trio. Importing this module imports neither trio nor sniffio: a trio loop can
+only be running if trio was imported already."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import sys
+from asyncio import _get_running_loop
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Final
+
+from .._core import CANCEL_GRACE, AsyncEvent, Library, machinery_of, register_library
+
+__all__ = ["ASYNCIO", "TRIO", "AsyncioLibrary", "TrioLibrary", "abandon"]
+
+
+class AsyncioLibrary(Library):
+    """asyncio, and the loops that implement its interface (uvloop)."""
+
+    name = "asyncio"
+
+    def running(self) -> bool:
+        return _get_running_loop() is not None
+
+    def current_loop_key(self) -> object | None:
+        return _get_running_loop()
+
+    def new_event(self) -> AsyncEvent:
+        return asyncio.Event()
+
+    async def within(self, seconds: float, fn: Callable[[], Awaitable[object]]) -> bool:
+        """Await ``fn()`` for up to *seconds*; then cancel it and, if it still does not
+        finish within :data:`CANCEL_GRACE`, abandon it. Whether it finished in time."""
+        task = asyncio.ensure_future(fn())
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+        if done:
+            task.result()  # its exception, if any, is the caller's to log
+            return True
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=CANCEL_GRACE)
+        if not done:
+            abandon([task])
+        return False
+
+    def start_task(
+        self, fn: Callable[[], Awaitable[object]], *, context: contextvars.Context, name: str
+    ) -> Callable[[], object]:
+        loop = asyncio.get_running_loop()
+        task = context.run(loop.create_task, _await(fn), name=name)
+        return task.cancel
+
+    def machinery(self) -> tuple[str, ...]:
+        return machinery_of(asyncio)
+
+
+async def _await(fn: Callable[[], Awaitable[object]]) -> object:
+    return await fn()
+
+
+def abandon(tasks: Iterable[asyncio.Future[Any]]) -> None:
+    """Give up on *tasks* that ignore cancellation, without asyncio logging each as
+    "destroyed but pending" whenever the garbage collector gets to it (the caller logs
+    them once)."""
+    for task in tasks:
+        task._log_destroy_pending = False  # type: ignore[attr-defined]
+
+
+class TrioLibrary(Library):
+    """trio."""
+
+    name = "trio"
+
+    def running(self) -> bool:
+        # trio marks every run (trio.run, guest mode, loopshim's driver) in sniffio's
+        # thread-local for its whole duration; reading that is much cheaper than
+        # trio.lowlevel.in_trio_task(), which raises and catches an AttributeError
+        # whenever the answer is no.
+        sniffio = sys.modules.get("sniffio") if "trio" in sys.modules else None
+        return sniffio is not None and sniffio.thread_local.name == "trio"
+
+    def current_loop_key(self) -> object | None:
+        trio = sys.modules.get("trio")
+        if trio is not None and trio.lowlevel.in_trio_task():
+            return trio.lowlevel.current_trio_token()  # type: ignore[no-any-return]
+        return None
+
+    def new_event(self) -> AsyncEvent:
+        import trio
+
+        return trio.Event()
+
+    async def within(self, seconds: float, fn: Callable[[], Awaitable[object]]) -> bool:
+        """Await ``fn()`` for up to *seconds*, then cancel it; whether it finished in
+        time. (trio cannot abandon a task: one that shields itself forever is waited
+        for.)"""
+        import trio
+
+        with trio.move_on_after(seconds) as scope:
+            await fn()
+        return not scope.cancelled_caught
+
+    def start_task(
+        self, fn: Callable[[], Awaitable[object]], *, context: contextvars.Context, name: str
+    ) -> Callable[[], object]:
+        import trio
+
+        scope = trio.CancelScope()
+
+        async def in_scope() -> None:
+            with scope:
+                await fn()
+
+        trio.lowlevel.spawn_system_task(in_scope, context=context, name=name)
+        return scope.cancel
+
+    def machinery(self) -> tuple[str, ...]:
+        return machinery_of(*(sys.modules[m] for m in _TRIO_MACHINERY if m in sys.modules))
+
+
+_TRIO_MACHINERY: Final = ("trio", "outcome", "sniffio")
+
+ASYNCIO: Final = register_library(AsyncioLibrary())
+TRIO: Final = register_library(TrioLibrary())
