@@ -55,14 +55,9 @@ BUILTIN_BACKENDS: Final[dict[str, _BuiltIn]] = {
     ),
 }
 
-#: Which loopshim extra installs an optional module: the backends' libraries, and what
-#: the Flask integration and ``loopshim bench`` need.
+#: Which loopshim extra installs a backend's library.
 _EXTRA_OF_MODULE: Final[dict[str, str]] = {
-    **{b.requires: b.extra for b in BUILTIN_BACKENDS.values() if b.requires and b.extra},
-    "flask": "flask",
-    "asgiref": "bench",
-    "anyio": "bench",
-    "matplotlib": "bench",
+    b.requires: b.extra for b in BUILTIN_BACKENDS.values() if b.requires and b.extra
 }
 
 
