@@ -165,6 +165,7 @@ class BackendInfo:
 
     @property
     def usable(self) -> bool:
+        """Whether the backend can be used here."""
         return self.status == "installed"
 
 

@@ -17,8 +17,10 @@ from loopshim.bench._command import exit_status
 from loopshim.bench._contenders import Contender, loopshim_contender
 from loopshim.bench._measure import (
     MIN_BATCH_S,
+    Budget,
     batch_rounds,
     expected_seconds,
+    next_budget,
     warm_up_budget,
 )
 from loopshim.bench._peers import BASELINE, PEERS
@@ -424,3 +426,27 @@ def test_the_bench_reaches_loopshim_internals_through_one_module() -> None:
 
 def test_loopshim_info_needs_nothing_from_the_bench() -> None:
     assert not any("bench" in m for m in _imports(PACKAGE / "_info.py"))
+
+
+def _seconds_of(budget: Budget | None) -> float | None:
+    return None if budget is None else budget.seconds
+
+
+def test_a_row_that_used_its_time_gets_no_more_batches() -> None:
+    settings = _settings(duration=0.2, rounds=50)
+    cell = _cell("fanout", "loopshim-asyncio-thread", 12_000)
+    cell.batches = []
+    assert _seconds_of(next_budget(settings, cell, batches=16)) == pytest.approx(0.2 / 16)
+    cell.batches = [(0, 1, 150_000_000)]  # one slow batch took 0.15 s of the 0.2 s
+    assert _seconds_of(next_budget(settings, cell, batches=16)) == pytest.approx(0.05 / 15)
+    cell.batches.append((1, 1, 60_000_000))
+    assert next_budget(settings, cell, batches=16) is None
+
+
+def test_repeat_gives_each_batch_its_share_of_the_calls() -> None:
+    settings = _settings(duration=None, repeat=5, rounds=2)
+    cell = _cell("noop", "loopshim-asyncio-thread", 5)
+    cell.batches = []
+    first = next_budget(settings, cell, batches=2)
+    cell.batches = [(0, 3, 1)]
+    assert (first, next_budget(settings, cell, batches=2)) == (Budget(calls=3), Budget(calls=2))

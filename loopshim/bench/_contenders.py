@@ -41,6 +41,7 @@ class Contender:
 
     @property
     def kind(self) -> Literal["loopshim", "peer"]:
+        """``loopshim`` for loopshim's runners, ``peer`` for the rest."""
         return "loopshim" if self.backend is not None else "peer"
 
 

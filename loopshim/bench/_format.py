@@ -30,20 +30,24 @@ def format_speedup(ratio: float) -> str:
 class Comparison:
     """How a row of a workload compares with that workload's baseline."""
 
-    #: The short column heading.
+    #: The short column heading of the table.
     heading: str
+    #: The heading of the plot's column, which names what rows are compared with.
+    title: str
     #: What the column means, in a sentence.
     legend: str
     #: True: baseline / row, higher is faster; False: row / baseline, as a percentage.
     speedup: bool
 
     def value(self, result: BenchResult, cell: Cell) -> float | None:
+        """The ratio of *cell* to its baseline, or None when one is not measured."""
         base = result.baseline(cell.workload.name)
         if base is None or not cell.measured:
             return None
         return base.median_s / cell.median_s if self.speedup else cell.median_s / base.median_s
 
     def text(self, result: BenchResult, cell: Cell) -> str:
+        """The ratio as shown: ``84.8x`` (a speed-up) or ``+3.1%`` (time added)."""
         value = self.value(result, cell)
         if value is None:
             return "-"
@@ -53,16 +57,19 @@ class Comparison:
 #: Where async code runs: how many times faster than Flask's default.
 ASYNC: Final = Comparison(
     "speed-up",
+    "speed-up vs\nFlask's default",
     "speed-up = Flask's default median / the row's median (higher is faster)",
     speedup=True,
 )
 #: Where none does (a sync view): the time a row adds to a plain Flask app's.
 SYNC: Final = Comparison(
     "vs plain",
+    "time vs a plain\nFlask app",
     "vs plain = the row's median compared with a plain Flask app's (lower is faster)",
     speedup=False,
 )
 
 
 def comparison_of(workload: Workload) -> Comparison:
+    """How the rows of *workload* are compared with its baseline."""
     return ASYNC if workload.uses_async else SYNC

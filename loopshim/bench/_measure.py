@@ -4,10 +4,11 @@ busy machine hit every cell alike — from long-lived caller threads, as a WSGI 
 calls.
 
 The time a run takes is what was asked for (``--duration`` per row) plus small, bounded
-costs: the warm-up is a share of a row's duration, each batch is long enough to hold a
-call (a cell whose calls are long gets fewer, longer batches, spread over the rounds),
-and a batch stops when its next call would overshoot its budget more than it would fall
-short of it.
+costs: the warm-up is a share of a row's duration; each batch is long enough to hold a
+call (a cell whose calls are long gets fewer, longer batches, spread over the rounds);
+a batch stops when its next call would overshoot its budget more than it would fall
+short of it; each batch gets its share of the time its cell has left, and a cell that
+has used its time gets no more batches.
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ from ._results import BenchResult, BenchSettings, Cell, Status
 
 __all__ = [
     "Announce",
+    "Budget",
     "Progress",
     "batch_rounds",
     "expected_seconds",
+    "next_budget",
     "run_bench",
     "warm_up_budget",
 ]
@@ -51,9 +54,10 @@ _WARMUP_MAX_S: Final = 0.1
 _WARMUP_SHARE: Final = 0.1
 #: The shortest batch: every batch costs a hand-over to the caller threads and back.
 MIN_BATCH_S: Final = 0.002
-#: About what that hand-over costs, and setting the contenders up, for the estimate.
+#: For the estimate: about what that hand-over costs, and the end of a run (closing the
+#: contenders and the caller threads).
 _BATCH_OVERHEAD_S: Final = 0.0002
-_SETUP_S: Final = 0.5
+_CLOSING_S: Final = 0.5
 
 #: Progress callback: (batches done, batches in all, what runs now); during the warm-up,
 #: batches done is 0.
@@ -104,23 +108,28 @@ def expected_seconds(settings: BenchSettings, rows: int) -> float | None:
         return None
     batches = min(settings.rounds, max(1, int(settings.duration / MIN_BATCH_S)))
     per_row = settings.duration + warm_up_budget(settings) + batches * _BATCH_OVERHEAD_S
-    return _SETUP_S + rows * per_row
+    return _CLOSING_S + rows * per_row
 
 
 @dataclass(frozen=True)
-class _Budget:
+class Budget:
     """What one batch does in each caller thread: call for *seconds*, or *calls* times."""
 
     seconds: float | None = None
     calls: int | None = None
 
 
-def _budgets(settings: BenchSettings, batches: int) -> list[_Budget]:
-    if settings.repeat is None:
-        assert settings.duration is not None
-        return [_Budget(seconds=settings.duration / batches)] * batches
-    share, extra = divmod(settings.repeat, batches)
-    return [_Budget(calls=share + (1 if i < extra else 0)) for i in range(batches)]
+def next_budget(settings: BenchSettings, cell: Cell, batches: int) -> Budget | None:
+    """What the next of a cell's *batches* does: its share of the calls (``--repeat``),
+    or of the time the cell has left, so that a batch that overshot shortens the next
+    ones; None once the cell has used its time."""
+    done = len(cell.batches)
+    if settings.repeat is not None:
+        share, extra = divmod(settings.repeat, batches)
+        return Budget(calls=share + (1 if done < extra else 0))
+    assert settings.duration is not None
+    left = settings.duration - cell.elapsed_s
+    return Budget(seconds=left / (batches - done)) if left > 0 and done < batches else None
 
 
 # --- caller threads ---------------------------------------------------------------
@@ -266,7 +275,7 @@ def _warm_up(cell: Cell, callers: _Callers, calls: _Calls, budget_s: float) -> f
     return statistics.median(times)
 
 
-def _batch(cell: Cell, round_index: int, callers: _Callers, calls: _Calls, budget: _Budget) -> None:
+def _batch(cell: Cell, round_index: int, callers: _Callers, calls: _Calls, budget: Budget) -> None:
     """Every caller thread calls for the budget's seconds (or number of calls); the
     per-call times and the batch's wall-clock time are added to *cell*."""
     ident = id(cell)
@@ -306,8 +315,8 @@ def _batch(cell: Cell, round_index: int, callers: _Callers, calls: _Calls, budge
     cell.batches.append((round_index, calls_made, wall))
 
 
-#: round -> id(cell) -> what that cell's batch in that round does
-_Schedule = dict[int, dict[int, _Budget]]
+#: round -> the cells that get a batch in that round, with their number of batches
+_Schedule = dict[int, dict[int, int]]
 
 
 def _warm_up_all(
@@ -322,8 +331,8 @@ def _warm_up_all(
         if cell.status != "ok":
             continue
         rounds = batch_rounds(settings, call_s)
-        for round_index, budget in zip(rounds, _budgets(settings, len(rounds)), strict=True):
-            schedule.setdefault(round_index, {})[id(cell)] = budget
+        for round_index in rounds:
+            schedule.setdefault(round_index, {})[id(cell)] = len(rounds)
     return schedule
 
 
@@ -341,13 +350,13 @@ def _run_rounds(
     for round_index in range(settings.rounds):
         batches = schedule.get(round_index, {})
         for cell in random.sample(live, len(live)):
-            budget = batches.get(id(cell))
-            if budget is None:
+            if id(cell) not in batches:
                 continue
             what = f"round {round_index + 1}/{settings.rounds}: {cell.workload.name}, {cell.label}"
             progress(step, total, what)
             step += 1
-            if cell.status == "ok" and budget.calls != 0:  # a failed batch ends its cell
+            budget = next_budget(settings, cell, batches[id(cell)])
+            if cell.status == "ok" and budget is not None:  # a failed batch ends its cell
                 _batch(cell, round_index, callers, calls, budget)
     progress(total, total, "done")
 

@@ -115,20 +115,12 @@ def _column(ax: Axes, heading: str, texts: list[str]) -> None:
         spine.set_visible(False)
 
 
-def _heading(result: BenchResult, name: str) -> str:
-    """The comparison column's heading, naming what every row is compared with."""
-    comparison = comparison_of(WORKLOADS[name])
-    if comparison.speedup:
-        return "speed-up vs\nFlask's default"
-    return "time vs a plain\nFlask app"
-
-
 def _panel(axes: Any, result: BenchResult, name: str, cells: list[Cell]) -> None:
     times, medians, compared = axes
     _time_axis(times, result, name, cells)
     _column(medians, "median", [format_seconds(c.median_s) for c in cells])
     comparison = comparison_of(WORKLOADS[name])
-    _column(compared, _heading(result, name), [comparison.text(result, c) for c in cells])
+    _column(compared, comparison.title, [comparison.text(result, c) for c in cells])
 
 
 def _legend(figure: Figure) -> None:

@@ -45,6 +45,7 @@ class TerminalProgress:
         self._drawn = True
 
     def clear(self) -> None:
+        """Erase the line, if one is shown."""
         if self._drawn:
             self.stream.write("\r\x1b[K")
             self.stream.flush()

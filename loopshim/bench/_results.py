@@ -55,35 +55,42 @@ class Cell:
 
     @property
     def label(self) -> str:
+        """The row's label: the contender's, or a plain app's where no async code runs."""
         if self.is_baseline and not self.workload.uses_async:
             return PLAIN_FLASK
         return self.contender.label
 
     @property
     def is_baseline(self) -> bool:
+        """Whether this is the row every other row of its workload is compared with."""
         return self.contender.key == BASELINE
 
     @property
     def measured(self) -> bool:
+        """Whether the cell ran and has calls to report."""
         return self.status == "ok" and bool(self.times_ns)
 
     # Read only once the run is over (reports, JSON, plot), so computed once.
     @functools.cached_property
     def median_s(self) -> float:
+        """The median time per call, in seconds."""
         return statistics.median(self.times_ns) / 1e9
 
     @functools.cached_property
     def p95_s(self) -> float:
+        """The 95th percentile of the time per call, in seconds."""
         if len(self.times_ns) < 2:
             return self.times_ns[0] / 1e9
         return statistics.quantiles(self.times_ns, n=20, method="inclusive")[-1] / 1e9
 
     @property
     def calls(self) -> int:
+        """The calls measured, from every caller thread."""
         return len(self.times_ns)
 
     @property
     def elapsed_s(self) -> float:
+        """The wall-clock time of the cell's batches, in seconds."""
         return sum(wall for _, _, wall in self.batches) / 1e9
 
     @property
@@ -93,6 +100,7 @@ class Cell:
         return self.calls / elapsed if elapsed > 0 else float("nan")
 
     def fail(self, status: Status, detail: str) -> None:
+        """Mark the cell as not measured, and why; it makes no more calls."""
         self.status, self.detail, self.factory = status, detail, None
 
 
@@ -109,6 +117,7 @@ class BenchResult:
     wall_s: float = 0.0
 
     def cells_of(self, workload: str) -> list[Cell]:
+        """The cells of *workload*, in plan order."""
         return [c for c in self.cells if c.workload.name == workload]
 
     def measured_cell(self, workload: str, contender_key: str) -> Cell | None:
@@ -119,6 +128,7 @@ class BenchResult:
         )
 
     def baseline(self, workload: str) -> Cell | None:
+        """The baseline's cell of *workload*, if it was measured."""
         return self.measured_cell(workload, BASELINE)
 
     def speedup(self, cell: Cell) -> float | None:

@@ -72,6 +72,7 @@ class Rule:
     claim: str
 
     def ratio(self, cell: Cell, reference: Cell | None) -> float:
+        """The figure this rule compares with its limit (see *kind*)."""
         if self.kind == "time":
             return cell.median_s
         assert reference is not None
@@ -80,6 +81,7 @@ class Rule:
         return cell.median_s / reference.median_s
 
     def met(self, ratio: float) -> bool:
+        """Whether *ratio* meets the limit (which counts as met)."""
         return ratio >= self.limit if self.kind == "speed-up" else ratio <= self.limit
 
 
