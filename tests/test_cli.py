@@ -390,6 +390,21 @@ def test_bench_plot_is_a_png_drawn_by_matplotlib(
     assert f"wrote {plot}" in done.stdout
 
 
+def test_the_expected_time_is_printed_when_the_run_starts() -> None:
+    environ = {k: v for k, v in os.environ.items() if k != "LOOPSHIM_BACKEND"}
+    args = ["bench", "--backends=asyncio", "--workloads=noop", "--no-peers", "--duration=1"]
+    with subprocess.Popen(
+        [str(SCRIPT), *args], stdout=subprocess.PIPE, text=True, env=environ
+    ) as process:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        still_running = process.poll() is None
+        rest = process.stdout.read()
+    assert re.fullmatch(r"loopshim bench: 4 rows x 1 s, in 50 rounds: about [45] s\n", first)
+    assert still_running  # 4 rows of 1 s each are still to come
+    assert process.returncode == 0, rest
+
+
 def test_a_short_run_is_short_and_says_how_long_it_takes(tmp_path: Path) -> None:
     """The fan-out's calls (about 12 ms) are longer than a batch of 0.2 s / 50 rounds:
     they get fewer batches, so that a row still takes about its 0.2 s."""

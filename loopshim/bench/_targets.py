@@ -201,10 +201,10 @@ def _check(rule: Rule, result: BenchResult) -> Target | None:
         rule.limit,
     )
     if not cell.measured:
-        return Target(*fields, None, "not checked", f"{cell.label} was not measured")
+        return Target(*fields, None, "not checked", f"not checked ({cell.label} not measured)")
     if rule.reference is not None and reference is None:
         label = _PEER_LABELS.get(rule.reference, rule.reference)
-        return Target(*fields, None, "not checked", f"{label} was not measured")
+        return Target(*fields, None, "not checked", f"not checked ({label} not measured)")
     ratio = rule.ratio(cell, reference)
     return Target(*fields, ratio, "pass" if rule.met(ratio) else "fail", _shown(rule, ratio))
 
