@@ -38,7 +38,7 @@ import db_app  # noqa: E402
 import server  # noqa: E402 - the gunicorn servers and the load generator
 from server import Variant, name_list, positive_number  # noqa: E402
 
-from loopshim._bench_report import describe_machine, library_versions, machine  # noqa: E402
+from loopshim._info import describe_machine, library_versions, machine  # noqa: E402
 
 SYNC = "sync"
 BACKENDS = ["asyncio", "uvloop"]  # asyncpg needs an asyncio loop

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import loopshim
-from loopshim._bench_report import LIBRARIES, describe_machine, library_versions, machine
+from loopshim._info import describe_machine, library_versions, machine
 from loopshim._options import SCOPES
 
 HERE = Path(__file__).resolve().parent
@@ -45,7 +45,7 @@ BASELINE = "default"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 REQUEST_TIMEOUT = 10.0
-VERSIONS = (*LIBRARIES, "gunicorn")
+VERSIONS = ("loopshim", "flask", "werkzeug", "asgiref", "trio", "uvloop", "gunicorn")
 
 
 @dataclass

@@ -3,20 +3,25 @@ and ``python -m loopshim``, each in a subprocess."""
 
 from __future__ import annotations
 
-import io
+import datetime
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import loopshim
-from loopshim._bench import PEERS, WORKLOADS
-from loopshim._bench_report import TerminalProgress
 from loopshim._core import BUILTIN_BACKENDS
+from loopshim._info import extras, pip_install_line
+from loopshim.bench._peers import PEERS
+from loopshim.bench._results import PLAIN_FLASK
+from loopshim.bench._workloads import WORKLOADS
 
 SCRIPT = Path(sys.executable).parent / ("loopshim.exe" if os.name == "nt" else "loopshim")
 ENTRY_POINTS = {"script": [str(SCRIPT)], "module": [sys.executable, "-m", "loopshim"]}
@@ -35,6 +40,17 @@ TOP_FIELDS = {
     "workloads",
     "results",
     "targets",
+}
+TARGET_FIELDS = {
+    "text",
+    "workload",
+    "contender",
+    "reference",
+    "kind",
+    "limit",
+    "ratio",
+    "status",
+    "measured",
 }
 RESULT_FIELDS = {
     "workload",
@@ -146,6 +162,53 @@ def test_info_tells_what_to_install_for_a_missing_backend() -> None:
     assert "cannot be used: not installed" in done.stdout
 
 
+@pytest.mark.parametrize(
+    ("hidden", "line"),
+    [
+        (("flask", "anyio"), 'missing anyio, flask: pip install "loopshim[bench]"'),
+        (("matplotlib",), 'missing matplotlib: pip install "loopshim[bench]"'),
+        (("flask",), 'missing flask: pip install "loopshim[flask]"'),
+    ],
+)
+def test_info_suggests_the_fewest_extras_for_the_bench(hidden: tuple[str, ...], line: str) -> None:
+    done = with_hidden_modules(hidden, "info")
+    assert done.returncode == 0, done.stderr
+    bench_section = done.stdout.split("For loopshim bench:")[1]
+    assert line in bench_section.splitlines()[2]
+    assert bench_section.count("pip install") == 1  # one line, never [flask] beside [bench]
+
+
+OFFERED = {
+    "trio": frozenset({"trio"}),
+    "uvloop": frozenset({"uvloop"}),
+    "flask": frozenset({"flask"}),
+    "bench": frozenset({"asgiref", "anyio", "flask", "matplotlib"}),
+}
+
+
+@pytest.mark.parametrize(
+    ("modules", "line"),
+    [
+        (["flask"], 'pip install "loopshim[flask]"'),  # the extra that installs least
+        (["flask", "anyio"], 'pip install "loopshim[bench]"'),  # not [flask] beside [bench]
+        (["anyio", "trio"], 'pip install "loopshim[bench,trio]"'),
+        (["Flask", "matplotlib", "asgiref"], 'pip install "loopshim[bench]"'),
+        (["anyio", "gunicorn"], 'pip install "loopshim[bench]" gunicorn'),
+        (["gunicorn"], "pip install gunicorn"),
+    ],
+)
+def test_an_install_line_names_the_fewest_extras(modules: list[str], line: str) -> None:
+    assert pip_install_line(modules, OFFERED) == line
+
+
+def test_the_extras_come_from_the_installed_metadata() -> None:
+    found = extras()
+    assert found["bench"] == {"asgiref", "anyio", "flask", "matplotlib"}
+    assert found["trio"] == {"trio"}
+    assert "test" not in found  # for loopshim's own development
+    assert "all" not in found  # made of the others
+
+
 # --- bench: output ----------------------------------------------------------------
 
 
@@ -178,22 +241,34 @@ def bench_run(
 def test_bench_prints_a_table_per_workload(
     bench_run: tuple[subprocess.CompletedProcess[str], Path, Path],
 ) -> None:
-    done, _, _ = bench_run
+    done, report, _ = bench_run
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""  # no progress display when stderr is not a terminal
     out = done.stdout
+    announced = re.fullmatch(
+        r"loopshim bench: (\d+) rows x 0.02 s, in 2 rounds: about \d+ s", out.splitlines()[0]
+    )
+    assert announced is not None
+    results = json.loads(report.read_text())["results"]
+    assert int(announced[1]) == sum(r["status"] == "ok" for r in results)
     sections = {line.split(":")[0]: line for line in out.splitlines() if line and line[0] != " "}
     assert {"noop", "flask-sync", "flask-async"} <= set(sections)
     assert "checkpoints" not in sections
     headers = [line.split() for line in out.splitlines() if line.strip().startswith("contender")]
-    assert headers == [["contender", "median", "p95", "calls/s", "speed-up"]] * 3
-    # flask-sync runs no async code: only loopshim's rows and the baseline take part.
-    for label in ["loopshim asyncio thread", "loopshim asyncio process", PEERS[0].label]:
+    speedup = ["contender", "median", "p95", "calls/s", "speed-up"]
+    assert headers == [speedup, [*speedup[:-1], "vs", "plain"], speedup]
+    # flask-sync runs no async code: only loopshim's rows and a plain app take part.
+    for label in ["loopshim asyncio thread", "loopshim asyncio process"]:
         assert out.count(f"  {label} ") == 3, label
+    assert out.count(f"  {PEERS[0].label} ") == 2
+    assert out.count(f"  {PLAIN_FLASK} ") == 1
     for label in [p.label for p in PEERS[1:]]:
         assert out.count(f"  {label} ") == 2, label
-    baseline_rows = [line for line in out.splitlines() if "Flask default (asgiref)" in line]
-    assert all(line.rstrip().endswith("1.00x") for line in baseline_rows)
+    baseline_rows = [line for line in out.splitlines() if PEERS[0].label in line]
+    assert all(line.rstrip().endswith("1.00x") for line in baseline_rows[:2])
+    assert next(line for line in out.splitlines() if PLAIN_FLASK in line).endswith("+0.0%")
+    assert " µs " in out
+    assert " us " not in out
 
 
 def test_bench_json_has_every_documented_field(
@@ -225,7 +300,8 @@ def test_bench_json_has_every_documented_field(
         times = result["times_ns"]
         assert result["calls"] == len(times) > 0
         assert all(isinstance(t, int) and t > 0 for t in times)
-        assert [b["round"] for b in result["batches"]] == [0, 1]
+        # Two rounds, one batch each; the second is left out if the first used the row's time.
+        assert [b["round"] for b in result["batches"]] in ([0, 1], [0])
         assert sum(b["calls"] for b in result["batches"]) == len(times)
         assert min(times) / 1e9 <= result["median_s"] <= result["p95_s"] <= max(times) / 1e9
     by_key = {(r["workload"], r["contender"]): r for r in results}
@@ -236,24 +312,71 @@ def test_bench_json_has_every_documented_field(
         assert shim["speedup_vs_flask_default"] == pytest.approx(
             base["median_s"] / shim["median_s"]
         )
-    assert all(set(t) == {"text", "ok", "measured", "reference"} for t in document["targets"])
+    assert document["targets"]
+    assert all(set(t) == TARGET_FIELDS for t in document["targets"])
 
 
-def test_bench_flask_targets_show_the_hand_rolled_floor(
+def test_bench_json_start_time_reads_back_with_fromisoformat(
     bench_run: tuple[subprocess.CompletedProcess[str], Path, Path],
 ) -> None:
     done, report, _ = bench_run
     assert done.returncode == 0, done.stderr
-    by_key = {(r["workload"], r["contender"]): r for r in json.loads(report.read_text())["results"]}
-    sync_view = by_key["flask-sync", "flask-default"]["median_s"]
-    for scope, peer in (("thread", "loop-per-thread-asyncio"), ("process", "loop-thread-asyncio")):
-        ratio = by_key["flask-async", f"loopshim-asyncio-{scope}"]["median_s"] / sync_view
-        floor = by_key["flask-async", peer]
-        expected = (
-            f"flask-async: asyncio {scope} <= {1.15 if scope == 'thread' else 1.5}x a sync view: "
-            f"{ratio:.2f}x (hand-rolled, {floor['label']}: {floor['median_s'] / sync_view:.2f}x)"
-        )
-        assert expected in done.stdout
+    started = json.loads(report.read_text())["started"]
+    parsed = datetime.datetime.fromisoformat(started)
+    assert parsed.tzinfo is not None
+    assert abs(time.time() - parsed.timestamp()) < 3600
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", started)
+
+
+def _python310() -> str:
+    """A Python 3.10: on the path, or one of pyenv's (which tox would also find)."""
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    candidates = [shutil.which("python3.10"), *sorted(pyenv.glob("versions/3.10*/bin/python3.10"))]
+    for candidate in candidates:
+        if (
+            candidate is not None
+            and not subprocess.run(
+                [candidate, "-c", "pass"], capture_output=True, timeout=60
+            ).returncode
+        ):
+            return str(candidate)
+    pytest.skip("python3.10 is not installed")
+
+
+def test_bench_json_start_time_reads_back_on_python_3_10(
+    bench_run: tuple[subprocess.CompletedProcess[str], Path, Path],
+) -> None:
+    done, report, _ = bench_run
+    assert done.returncode == 0, done.stderr
+    started = json.loads(report.read_text())["started"]
+    code = "import datetime, sys; print(datetime.datetime.fromisoformat(sys.argv[1]).timestamp())"
+    parsed = subprocess.run(
+        [_python310(), "-c", code, started], capture_output=True, text=True, timeout=60
+    )
+    assert parsed.returncode == 0, parsed.stderr
+    assert float(parsed.stdout) == datetime.datetime.fromisoformat(started).timestamp()
+
+
+def test_bench_checks_the_flask_targets_against_the_recipes(
+    bench_run: tuple[subprocess.CompletedProcess[str], Path, Path],
+) -> None:
+    done, report, _ = bench_run
+    assert done.returncode == 0, done.stderr
+    document = json.loads(report.read_text())
+    by_key = {(r["workload"], r["contender"]): r for r in document["results"]}
+    flask = [t for t in document["targets"] if t["workload"].startswith("flask")]
+    pairs = {(t["contender"], t["reference"]) for t in flask}
+    assert pairs == {
+        ("loopshim-asyncio-thread", "loop-per-thread-asyncio"),
+        ("loopshim-asyncio-process", "loop-thread-asyncio"),
+    }
+    for target in flask:
+        ours = by_key["flask-async", target["contender"]]["median_s"]
+        recipe = by_key["flask-async", target["reference"]]
+        assert target["ratio"] == pytest.approx(ours / recipe["median_s"])
+        assert target["limit"] == 1
+        assert f"no slower than {recipe['label']}: {target['measured']}" in done.stdout
+    assert "sync view:" not in done.stdout  # the retired targets, relative to a sync view
 
 
 def test_bench_plot_is_a_png_drawn_by_matplotlib(
@@ -263,8 +386,47 @@ def test_bench_plot_is_a_png_drawn_by_matplotlib(
     assert done.returncode == 0, done.stderr
     data = plot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(data) > 20_000  # bars, labels and text: far more than an empty canvas
+    assert len(data) > 20_000  # dots, labels and text: far more than an empty canvas
     assert f"wrote {plot}" in done.stdout
+
+
+def test_the_expected_time_is_printed_when_the_run_starts() -> None:
+    environ = {k: v for k, v in os.environ.items() if k != "LOOPSHIM_BACKEND"}
+    args = ["bench", "--backends=asyncio", "--workloads=noop", "--no-peers", "--duration=1"]
+    with subprocess.Popen(
+        [str(SCRIPT), *args], stdout=subprocess.PIPE, text=True, env=environ
+    ) as process:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        still_running = process.poll() is None
+        rest = process.stdout.read()
+    assert re.fullmatch(r"loopshim bench: 4 rows x 1 s, in 50 rounds: about [45] s\n", first)
+    assert still_running  # 4 rows of 1 s each are still to come
+    assert process.returncode == 0, rest
+
+
+def test_a_short_run_is_short_and_says_how_long_it_takes(tmp_path: Path) -> None:
+    """The fan-out's calls (about 12 ms) are longer than a batch of 0.2 s / 50 rounds:
+    they get fewer batches, so that a row still takes about its 0.2 s."""
+    pytest.importorskip("anyio")
+    report = tmp_path / "bench.json"
+    begin = time.monotonic()
+    done = loopshim_cmd(
+        "bench", "--workloads=fanout", "--backends=asyncio", "--duration=0.2", f"--json={report}"
+    )
+    wall = time.monotonic() - begin
+    assert done.returncode == 0, done.stderr
+    announced = re.match(
+        r"loopshim bench: (\d+) rows x 0.2 s, in 50 rounds: about (\d+) s", done.stdout
+    )
+    assert announced is not None, done.stdout[:200]
+    rows, expected = int(announced[1]), int(announced[2])
+    assert rows <= 3 + len(PEERS)  # 3 scopes and the peers that are installed
+    assert expected <= rows * 0.2 * 1.5  # the announcement is about the asked-for time
+    assert wall < 2 * expected + 5  # generous: interpreter start-up, a busy machine
+    for result in json.loads(report.read_text())["results"]:
+        if result["status"] == "ok":
+            assert result["elapsed_s"] < 2 * 0.2, result["contender"]
 
 
 def test_bench_repeat_and_threads_make_that_many_calls(tmp_path: Path) -> None:
@@ -415,7 +577,7 @@ def test_the_plot_needs_matplotlib(tmp_path: Path) -> None:
 def test_the_command_imports_no_optional_library() -> None:
     code = (
         "import sys\n"
-        "import loopshim.cli, loopshim._bench, loopshim._bench_report, loopshim._info\n"
+        "import loopshim.cli, loopshim.bench, loopshim._info\n"
         "loopshim.cli.build_parser()\n"
         f"print(sorted(m for m in {OPTIONAL!r} if m in sys.modules))\n"
     )
@@ -423,22 +585,3 @@ def test_the_command_imports_no_optional_library() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.strip() == "[]"
-
-
-class _Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
-@pytest.mark.parametrize(("stream", "shown"), [(_Terminal(), True), (io.StringIO(), False)])
-def test_progress_is_shown_on_a_terminal_only(stream: io.StringIO, shown: bool) -> None:
-    progress = TerminalProgress(stream, interval=0)
-    progress(0, 4, "warming up noop: loopshim asyncio thread")
-    progress(2, 4, "round 1/1 noop: asyncio.run")
-    if shown:
-        assert "2/4" in stream.getvalue()
-        assert "round 1/1 noop: asyncio.run" in stream.getvalue()
-    else:
-        assert stream.getvalue() == ""
-    progress(4, 4, "done")
-    assert stream.getvalue().endswith("\r\x1b[K") is shown  # the line is cleared at the end

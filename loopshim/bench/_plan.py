@@ -1,0 +1,76 @@
+"""Planning a run: the contenders and the cells to measure, with those that cannot run
+marked (and the ``pip install`` line that would make them run)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import loopshim
+
+from .._info import importable, pip_install_line
+from ._contenders import Contender, loopshim_contender
+from ._internals import backend_library
+from ._peers import BASELINE, PEERS
+from ._results import BenchResult, BenchSettings, Cell
+from ._workloads import WORKLOADS, Workload
+
+__all__ = ["contenders_for", "needs", "plan", "requirements"]
+
+
+def contenders_for(backends: Sequence[str], scopes: Sequence[str], peers: bool) -> list[Contender]:
+    """loopshim's runners for *backends* x *scopes*, then the peers (or only the
+    baseline, which the speed-ups need, when *peers* is false)."""
+    found = [loopshim_contender(b, s) for b in backends for s in scopes]
+    found.extend(PEERS if peers else PEERS[:1])
+    return found
+
+
+def needs(modules: Sequence[str]) -> str:
+    """``needs anyio, trio: pip install "loopshim[bench,trio]"``."""
+    return f"needs {', '.join(modules)}: {pip_install_line(modules)}"
+
+
+def requirements(workload: Workload, contender: Contender) -> tuple[str, ...]:
+    """What a contender needs for a workload: nothing of its own when no async code
+    runs (Flask's default serves a sync view without asgiref)."""
+    return contender.requires if workload.uses_async else ()
+
+
+def _takes_part(workload: Workload, contender: Contender) -> bool:
+    """Where no async code runs, only loopshim's rows and the plain app take part."""
+    return workload.uses_async or contender.kind == "loopshim" or contender.key == BASELINE
+
+
+def _backend_missing(backend: str) -> str:
+    library = backend_library(backend)
+    return needs([library]) if library is not None else "not importable here"
+
+
+def _missing(modules: Sequence[str]) -> list[str]:
+    return [m for m in modules if not importable(m)]
+
+
+def plan(settings: BenchSettings) -> BenchResult:
+    """The cells to measure, with those that cannot run already marked."""
+    contenders = contenders_for(settings.backends, settings.scopes, settings.peers)
+    installed = set(loopshim.available_backends())
+    cells: list[Cell] = []
+    skipped: dict[str, str] = {}
+    for name in settings.workloads:
+        workload = WORKLOADS[name]
+        missing = _missing(workload.requires)
+        if missing:
+            skipped[name] = needs(missing)
+            continue
+        for contender in contenders:
+            if not _takes_part(workload, contender):
+                continue
+            cell = Cell(workload, contender)
+            missing = _missing(requirements(workload, contender))
+            if contender.backend is not None and contender.backend not in installed:
+                cell.fail("not installed", _backend_missing(contender.backend))
+            elif missing:
+                cell.fail("not installed", needs(missing))
+            cells.append(cell)
+    return BenchResult(settings, cells, skipped, started=time.time())
