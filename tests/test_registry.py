@@ -3,9 +3,11 @@ the errors for each kind of bad input."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -101,9 +103,23 @@ def test_backend_specific_options_are_checked_per_backend() -> None:
         loopshim.get_runner("trio", cached=False, driver="fast")
 
 
+class UnhashableFactory:
+    __hash__ = None  # type: ignore[assignment]
+
+    def __call__(self) -> asyncio.AbstractEventLoop:
+        return asyncio.new_event_loop()
+
+
 def test_unhashable_options_explain_cached_false() -> None:
     with pytest.raises(loopshim.OptionError, match="cached=False"):
-        loopshim.get_runner("asyncio", loop_factory=None, timeout=1, debug=False, extra=[1])
+        loopshim.get_runner("asyncio", loop_factory=UnhashableFactory(), timeout=1)
+
+
+def test_an_option_given_its_default_value_shares_the_same_runner() -> None:
+    assert loopshim.get_runner("asyncio", shutdown_timeout=5) is loopshim.get_runner("asyncio")
+    assert loopshim.get_runner("asyncio", scope="thread", debug=False) is loopshim.get_runner(
+        "asyncio", scope="thread"
+    )
 
 
 def test_not_an_async_function() -> None:
@@ -124,7 +140,7 @@ def test_not_an_async_function() -> None:
         runner.spawn(3)  # type: ignore[arg-type]
 
 
-def test_runners_are_shared_until_closed() -> None:
+def test_runners_are_shared() -> None:
     a = loopshim.get_runner("asyncio", scope="thread", timeout=5)
     b = loopshim.get_runner("asyncio", scope="thread", timeout=5)
     c = loopshim.get_runner("asyncio", scope="thread", timeout=6)
@@ -132,13 +148,48 @@ def test_runners_are_shared_until_closed() -> None:
     assert a is b
     assert c is not a
     assert private is not a
-    a.close()
-    c.close()
     private.close()
-    fresh = loopshim.get_runner("asyncio", scope="thread", timeout=5)
-    assert fresh is not a
-    assert fresh.run(answer) == 42
-    fresh.close()
+
+
+@pytest.mark.parametrize("scope", ["process", "thread", "call"])
+def test_closing_a_shared_runner_closes_its_loops_for_every_holder(scope: str) -> None:
+    # One rule for every holder: close() drains and closes the shared runner's loops,
+    # and the next call — through get_runner(), an earlier wrap(), or an app holding
+    # the runner — starts a fresh loop on the same runner.
+    async def loop_id() -> int:
+        await anyio.sleep(0)
+        return id(asyncio.get_running_loop())
+
+    shared = loopshim.get_runner("asyncio", scope=scope, shutdown_timeout=1.5)
+    wrapped = shared.wrap(loop_id)
+    before = wrapped()
+    with shared as runner:
+        assert runner.run(loop_id) == before or scope == "call"
+    assert not shared.closed
+    assert loopshim.get_runner("asyncio", scope=scope, shutdown_timeout=1.5) is shared
+    assert wrapped() != before or scope == "call"
+    assert isinstance(shared.run(loop_id), int)
+
+
+def test_closing_a_private_runner_is_for_good() -> None:
+    private = loopshim.get_runner("asyncio", scope="thread", cached=False)
+    private.close()
+    assert private.closed
+    with pytest.raises(loopshim.RunnerClosed, match=r"closed by close\(\) at .*test_registry"):
+        private.run(answer)
+
+
+def test_a_second_close_returns_only_once_the_runner_is_closed() -> None:
+    runner = loopshim.get_runner("asyncio", cached=False, shutdown_timeout=5)
+    future = runner.spawn(anyio.sleep, 0.5)
+    import threading
+
+    first = threading.Thread(target=runner.close)
+    first.start()
+    time.sleep(0.05)
+    runner.close()
+    assert future.done()
+    first.join(10)
 
 
 def test_environment_variable_selects_the_default(monkeypatch: pytest.MonkeyPatch) -> None:

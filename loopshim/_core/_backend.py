@@ -50,6 +50,8 @@ CLEANUP_GRACE: Final = 5.0
 #: cancelled jobs unwinding, loop-local values closing, async generators closing,
 #: leftover tasks unwinding, the executor stopping.
 SHUTDOWN_OVERHEAD: Final = 4 * CANCEL_GRACE + CLEANUP_GRACE
+#: How long a loop thread interrupted while starting is given to come up and be closed.
+_START_GRACE: Final = 5.0
 
 
 class AsyncEvent(Protocol):
@@ -154,6 +156,9 @@ class DrivenLoop(abc.ABC):
         self.closed = False
         #: Set when the loop can no longer be used (its run died under an interrupt).
         self.broken = False
+        #: Set when the runner was closed while this loop ran a call: its thread closes
+        #: it when the call ends.
+        self.retired = False
 
     @abc.abstractmethod
     def run_job(self, job: Job[Any]) -> None:
@@ -191,7 +196,15 @@ class LoopThread(abc.ABC):
     def start(self) -> None:
         """Start the thread and wait until its loop accepts jobs."""
         self._thread.start()
-        self._ready.wait()
+        try:
+            self._ready.wait()
+        except BaseException:
+            # Interrupted (Ctrl-C) while the loop starts: nobody would ever close the
+            # thread. Let the loop come up, stop it, then let the interrupt through.
+            self._ready.wait(_START_GRACE)
+            if self.startup_error is None and self._ready.is_set():
+                self.close(0)
+            raise
         if self.startup_error is not None:
             self._thread.join()
             raise LoopError(

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 import importlib.util
@@ -216,8 +217,7 @@ def _is_backend_class(spec: object) -> bool:
     return isinstance(spec, type) and issubclass(spec, Backend)
 
 
-def _create(name: str, scope: str, options: Mapping[str, Any], source: str | None) -> LoopRunner:
-    spec = load_backend(name, source)
+def _create(name: str, scope: str, spec: BackendSpec, options: Mapping[str, Any]) -> LoopRunner:
     if _is_backend_class(spec):
         backend_class: type[Backend] = spec  # type: ignore[assignment]
         common, extra = parse_options(name, options, backend_class.extra_options)
@@ -233,14 +233,26 @@ def _create(name: str, scope: str, options: Mapping[str, Any], source: str | Non
     return custom
 
 
+def _cache_key(name: str, scope: str, spec: BackendSpec, options: Mapping[str, Any]) -> Any:
+    """What makes two requests for a runner the same request: the options as validated,
+    so that naming an option with its default value changes nothing."""
+    if _is_backend_class(spec):
+        backend_class: type[Backend] = spec  # type: ignore[assignment]
+        common, extra = parse_options(name, options, backend_class.extra_options)
+        return (name, scope, dataclasses.replace(common, given=frozenset()), *sorted(extra.items()))
+    return (name, scope, *sorted(options.items()))
+
+
 def get_runner(
     name: str | None = None, *, scope: str = DEFAULT_SCOPE, cached: bool = True, **options: Any
 ) -> LoopRunner:
     """Return a runner for backend *name* in *scope*.
 
     *name* ``None`` means ``$LOOPSHIM_BACKEND``, else ``"asyncio"``. Runners are shared:
-    the same name, scope and options give the same runner (and loop) to every caller,
-    until it is closed; ``cached=False`` gives a private one, which the caller closes.
+    the same name, scope and options (options given with their default value count as
+    not given) give the same runner, and the same loop, to every caller;
+    ``cached=False`` gives a private one, which the caller closes. ``close()`` on a
+    shared runner closes its loops for every holder, and the next call starts fresh ones.
 
     Options every backend accepts: ``timeout`` (seconds per call, ``None`` for no
     limit), ``shutdown_timeout`` (grace for background tasks at close, default 5) and
@@ -256,9 +268,10 @@ def get_runner(
     if name is None:
         name, source = default_backend()
     checked_scope = check_scope(scope)
+    spec = load_backend(name, source)
     if not cached:
-        return _create(name, checked_scope, options, source)
-    key = (name, checked_scope, *sorted(options.items()))
+        return _create(name, checked_scope, spec, options)
+    key = _cache_key(name, checked_scope, spec, options)
     try:
         hash(key)
     except TypeError:
@@ -269,7 +282,7 @@ def get_runner(
     with _lifecycle.registry_lock():
         runner = _lifecycle.shared(key)
         if runner is None:
-            runner = _create(name, checked_scope, options, source)
+            runner = _create(name, checked_scope, spec, options)
             _lifecycle.share(key, runner)
         return runner
 

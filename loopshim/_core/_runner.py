@@ -4,8 +4,11 @@ protocol."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import contextvars
 import functools
+import sys
+import threading
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar
@@ -50,6 +53,8 @@ class Runner:
         self.scope: str = scope
         self.options = options
         self._scope = SCOPE_CLASSES[scope](backend, options)
+        #: Held by close(): a second close() returns only once the runner is closed.
+        self._closing = threading.Lock()
         _lifecycle.track(self)
 
     def run(self, async_fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
@@ -106,8 +111,14 @@ class Runner:
         cancel = self._scope.spawn(job)
 
         def on_done(fut: concurrent.futures.Future[T]) -> None:
-            if fut.cancelled() and not job.done:
+            if not fut.cancelled():
+                return
+            if not job.done:
                 cancel()
+            # What an executor does for a cancelled future: without it, wait() and
+            # as_completed() never count the future as done.
+            with contextlib.suppress(RuntimeError, concurrent.futures.InvalidStateError):
+                fut.set_running_or_notify_cancel()
 
         future.add_done_callback(on_done)
         return future
@@ -115,8 +126,14 @@ class Runner:
     def close(self, timeout: float | None = None) -> None:
         """Drain background tasks and in-flight calls for up to *timeout* seconds
         (default: the ``shutdown_timeout`` option), cancel what is left, close
-        loop-local values and loops, and join the loop thread. Idempotent. Later calls
-        raise :class:`~loopshim.RunnerClosed`.
+        loop-local values and loops, and join the loop thread. Idempotent; a second
+        ``close()`` in another thread returns once the first is done.
+
+        A private runner (``get_runner(..., cached=False)``) is then closed for good:
+        later calls raise :class:`~loopshim.RunnerClosed`. A shared runner (what
+        ``get_runner()`` returns by default) is shared by every holder, so it is never
+        closed for one of them: ``close()`` drains and closes its loops now, and the
+        next call, from any holder, starts a fresh loop.
 
         .. versionadded:: 0.1
         """
@@ -129,12 +146,22 @@ class Runner:
                 "close(timeout=...) takes the grace period in seconds (a finite number, "
                 f"0 or more), or None for the shutdown_timeout option; got {timeout!r}"
             )
-        self._scope.close(grace)
-        _lifecycle.forget(self)
+        self._scope.check_close()
+        final = _lifecycle.exiting() or not _lifecycle.is_shared(self)
+        caller = sys._getframe(1)
+        with self._closing:
+            if self._scope.closed:
+                return
+            if final:
+                self._scope.closed_at = f"{caller.f_code.co_filename}:{caller.f_lineno}"
+            self._scope.close(grace, final=final)
+        if final:
+            _lifecycle.forget(self)
 
     @property
     def closed(self) -> bool:
-        """Whether :meth:`close` was called.
+        """Whether the runner is closed for good (a shared runner never is until the
+        interpreter exits).
 
         .. versionadded:: 0.1
         """

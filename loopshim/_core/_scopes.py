@@ -5,9 +5,11 @@ a call runs) and ``call`` (a fresh loop per call)."""
 from __future__ import annotations
 
 import abc
+import collections
 import contextvars
 import functools
 import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -55,32 +57,46 @@ def new_job(
 class RunnerScope(abc.ABC):
     """Where a runner's loop lives, and how a call reaches it."""
 
+    scope_name: str = ""
+
     def __init__(self, backend: Backend, options: CommonOptions) -> None:
         self.backend = backend
         self.options = options
+        #: Closed for good: calls raise RunnerClosed.
         self.closed = False
+        #: Where close() was called, for RunnerClosed's message.
+        self.closed_at = ""
 
     @abc.abstractmethod
     def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any: ...
 
     def closed_error(self) -> RunnerClosed:
-        return RunnerClosed(f"this {self.backend.name} runner was closed")
+        where = f" at {self.closed_at}" if self.closed_at else ""
+        return RunnerClosed(
+            f"this {self.backend.name} {self.scope_name}-scope runner was closed by "
+            f"close(){where}; use a runner that is open: loopshim.get_runner(...) gives a "
+            "new one"
+        )
 
     def spawn(self, job: Job[Any]) -> Callable[[], None]:
         raise ScopeError(
             f"spawn() needs a loop that keeps running after the call returns, and a "
-            f"{type(self).scope_name!r}-scope runner has none; use "
+            f"{self.scope_name!r}-scope runner has none; use "
             f'get_runner({self.backend.name!r}, scope="process") for background tasks'
         )
 
+    def check_close(self) -> None:
+        """Raise if close() cannot be called from here (it would wait for itself)."""
+        check_not_in_loop("close()")
+
     @abc.abstractmethod
-    def close(self, grace: float) -> None: ...
+    def close(self, grace: float, *, final: bool = True) -> None:
+        """Drain and close the loop(s). *final*: the runner is closed for good; else
+        (a shared runner) the next call starts a fresh loop."""
 
     @abc.abstractmethod
     def after_fork_in_child(self) -> None:
         """Forget loops inherited from the parent process; never touch them."""
-
-    scope_name: str = ""
 
 
 abandoned_after_fork: list[object] = []
@@ -94,32 +110,48 @@ class ProcessScope(RunnerScope):
         self._lock = threading.Lock()
         self._thread: LoopThread | None = None
 
-    def _start(self) -> LoopThread:
+    def _start(self, dead: LoopThread | None = None) -> LoopThread:
+        """The loop thread, started if there is none or it has died; *dead* is one the
+        caller found dead, though it may not say so yet."""
         with self._lock:
             if self.closed:
                 raise self.closed_error()
             thread = self._thread
             # A thread that is shutting down while the runner is open has died (close()
             # sets closed first): it may still be alive for a moment, settling its jobs.
-            if thread is None or not thread.alive or thread.shutting_down:
+            if thread is None or thread is dead or not thread.alive or thread.shutting_down:
                 if thread is not None:
+                    thread.shutting_down = True
                     logger.error("the %s loop thread died; starting a new one", self.backend.name)
+                self._thread = None
                 thread = self.backend.loop_thread(self.options)
                 thread.start()
                 self._thread = thread
             return thread
 
-    def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
+    def _submit(self, job: Job[Any]) -> LoopThread:
         thread = self._thread
         if thread is None or thread.shutting_down:
             thread = self._start()
+        try:
+            thread.submit(job)
+        except RunnerClosed:
+            if self.closed:
+                raise
+            # The loop ended between our look and the submission: it died.
+            thread = self._start(dead=thread)
+            thread.submit(job)
+        return thread
+
+    def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
+        thread = self._thread
         library = running_library()
-        if library is not None or thread.in_loop_thread():
+        if library is not None or (thread is not None and thread.in_loop_thread()):
             raise reentrant_error(library.name if library else self.backend.name, "run()")
         lock = threading.Lock()
         lock.acquire()
         job = new_job(fn, args, kwargs, self.options.timeout, lock)
-        thread.submit(job)
+        thread = self._submit(job)
         self._wait(job, thread)
         return job.outcome()
 
@@ -144,20 +176,33 @@ class ProcessScope(RunnerScope):
             raise
 
     def spawn(self, job: Job[Any]) -> Callable[[], None]:
+        assert job.future is not None
         thread = self._thread
         if thread is None or thread.shutting_down:
             thread = self._start()
-        assert job.future is not None
         thread.spawned.add(job)
-        job.future.add_done_callback(lambda _: thread.spawned.discard(job))
-        thread.submit(job)
+        try:
+            thread.submit(job)
+        except RunnerClosed:
+            thread.spawned.discard(job)
+            if self.closed:
+                raise
+            thread = self._start(dead=thread)
+            thread.spawned.add(job)
+            thread.submit(job)
+        spawned_on = thread
+        job.future.add_done_callback(lambda _: spawned_on.spawned.discard(job))
         return functools.partial(thread.cancel, job, CancelReason.CANCELLED)
 
-    def close(self, grace: float) -> None:
-        if self._thread is not None and self._thread.in_loop_thread():
+    def check_close(self) -> None:
+        thread = self._thread
+        if thread is not None and thread.in_loop_thread():
             raise reentrant_error(self.backend.name, "close()")
+
+    def close(self, grace: float, *, final: bool = True) -> None:
         with self._lock:
-            self.closed = True
+            if final:
+                self.closed = True
             thread, self._thread = self._thread, None
         # Joined outside the lock: coroutines still draining may call run() or spawn(),
         # which must get RunnerClosed at once rather than wait for this join.
@@ -171,6 +216,13 @@ class ProcessScope(RunnerScope):
             self._thread = None
 
 
+class _ThreadMark:
+    """Kept in a thread's local storage next to its loop: when the thread ends (whoever
+    started it — threading, _thread, C code), the storage is cleared and this goes."""
+
+    __slots__ = ("__weakref__",)
+
+
 class ThreadScope(RunnerScope):
     scope_name = "thread"
 
@@ -178,7 +230,12 @@ class ThreadScope(RunnerScope):
         super().__init__(backend, options)
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._loops: dict[threading.Thread, DrivenLoop] = {}
+        #: Every loop of this runner, in whatever thread.
+        self._loops: set[DrivenLoop] = set()
+        #: Loops whose thread has ended: idle for ever, closed by the next thread that
+        #: opens a loop, or by close(). Appended to without the lock, by the ending
+        #: thread's clean-up, which may run anywhere.
+        self._ended: collections.deque[DrivenLoop] = collections.deque()
 
     def _open(self) -> DrivenLoop:
         if _gevent.threading_patched():
@@ -186,18 +243,33 @@ class ThreadScope(RunnerScope):
         with self._lock:
             if self.closed:
                 raise self.closed_error()
-            dead = [t for t in self._loops if not t.is_alive()]
-            orphans = [self._loops.pop(t) for t in dead]
-        for orphan in orphans:  # loops of threads that have ended: idle, safe to close here
+            orphans = self._take_ended()
+        for orphan in orphans:
             self._close_loop(orphan)
         # Made in an empty context: what a loop sets up when it is made (asyncio's
         # self-pipe reader) keeps the context it was made in, for the loop's lifetime,
         # and the caller's may hold a request, its app, anything.
         loop = contextvars.Context().run(self.backend.open_loop, self.options)
+        mark = _ThreadMark()
+        weakref.finalize(mark, self._thread_ended, loop)
         with self._lock:
-            self._loops[threading.current_thread()] = loop
+            self._loops.add(loop)
         self._local.loop = loop
+        self._local.mark = mark
         return loop
+
+    def _thread_ended(self, loop: DrivenLoop) -> None:
+        self._ended.append(loop)
+
+    def _take_ended(self) -> list[DrivenLoop]:
+        """The loops of threads that have ended, forgotten (hold the lock)."""
+        ended = []
+        while self._ended:
+            loop = self._ended.popleft()
+            if loop in self._loops:
+                self._loops.discard(loop)
+                ended.append(loop)
+        return ended
 
     def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
         library = running_library()
@@ -213,17 +285,16 @@ class ThreadScope(RunnerScope):
             try:
                 loop.run_job(job)
             finally:
-                if loop.broken or self.closed:
+                if loop.broken or loop.retired or self.closed:
                     self._forget(loop)
                     self._close_loop(loop)
         return job.outcome()
 
     def _forget(self, loop: DrivenLoop) -> None:
         with self._lock:
-            for thread, known in list(self._loops.items()):
-                if known is loop:
-                    del self._loops[thread]
-        self._local.loop = None
+            self._loops.discard(loop)
+        if getattr(self._local, "loop", None) is loop:
+            self._local.loop = None
 
     @staticmethod
     def _close_loop(loop: DrivenLoop) -> None:
@@ -240,12 +311,16 @@ class ThreadScope(RunnerScope):
             # Never into the caller: this may run inside another thread's call.
             logger.exception("closing a thread-scope loop failed")
 
-    def close(self, grace: float) -> None:
-        check_not_in_loop("close()")
+    def close(self, grace: float, *, final: bool = True) -> None:
         with self._lock:
-            self.closed = True
-            loops = list(self._loops.values())
-            self._loops.clear()
+            if final:
+                self.closed = True
+            loops = [*self._take_ended(), *self._loops]
+            self._loops = set()
+            retired_local = self._local
+            if not final:  # every thread opens a fresh loop at its next call
+                self._local = threading.local()
+        del retired_local  # its threads' marks go: their loops are in hand already
         for loop in loops:
             # A loop busy in its own thread is closed by that thread when its call ends.
             if loop.lock.acquire(blocking=False):
@@ -253,11 +328,14 @@ class ThreadScope(RunnerScope):
                     self._close_loop(loop)
                 finally:
                     loop.lock.release()
+            else:
+                loop.retired = True
 
     def after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
-        abandoned_after_fork.extend(self._loops.values())
-        self._loops = {}
+        abandoned_after_fork.extend(self._loops)
+        self._loops = set()
+        self._ended = collections.deque()
         self._local = threading.local()
 
 
@@ -277,8 +355,9 @@ class CallScope(RunnerScope):
         contextvars.Context().run(self.backend.run_fresh, job, self.options)
         return job.outcome()
 
-    def close(self, grace: float) -> None:
-        self.closed = True
+    def close(self, grace: float, *, final: bool = True) -> None:
+        if final:
+            self.closed = True
 
     def after_fork_in_child(self) -> None:
         pass  # nothing outlives a call
