@@ -50,7 +50,7 @@ class BlueprintError(Exception):
     pass
 
 
-def build_app(case: BackendCase, scope: str) -> Flask:
+def build_app(case: BackendCase, scope: str, *, reentrant: bool | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(
         TESTING=True,
@@ -58,6 +58,7 @@ def build_app(case: BackendCase, scope: str) -> Flask:
         LOOPSHIM_BACKEND=case.name,
         LOOPSHIM_SCOPE=scope,
         LOOPSHIM_OPTIONS=dict(case.options),
+        LOOPSHIM_REENTRANT=reentrant,
     )
     LoopShim(app)
 
@@ -245,10 +246,18 @@ def test_async_context_processor(app: Flask) -> None:
 
 
 @pytest.mark.timeout(20)
-def test_async_context_processor_from_async_view_fails_clearly(app: Flask) -> None:
-    # Rendering runs sync code inside the running loop, which would have to block on
-    # the async processor: a clear error, never a hang.
-    with pytest.raises(loopshim.ReentrantCallError, match="await the function directly"):
+def test_async_context_processor_from_async_view(app: Flask) -> None:
+    # Rendering runs sync code inside the view's coroutine; the async processor runs in
+    # the view's own task through the greenlet bridge (LOOPSHIM_REENTRANT's default).
+    assert app.test_client().get("/template-from-async").text == "from-async-processor"
+
+
+@pytest.mark.timeout(20)
+def test_without_reentrant_calls_an_async_processor_from_an_async_view_fails_clearly(
+    case: BackendCase, scope: str
+) -> None:
+    app = build_app(case, scope, reentrant=False)
+    with pytest.raises(loopshim.ReentrantCallError, match="LOOPSHIM_REENTRANT = True"):
         app.test_client().get("/template-from-async")
 
 
@@ -341,9 +350,43 @@ def test_loop_backend_accepts_a_runner(runner: loopshim.LoopRunner) -> None:
     assert app.loop_backend == runner.name  # type: ignore[attr-defined]
     served_by = int(app.test_client().get("/").text)
     assert served_by == runner.run(_thread_id)
-    with pytest.raises(loopshim.BackendNotFound, match="a backend name is a string"):
+    with pytest.raises(TypeError, match=r"takes a backend name .* or a LoopRunner; got 42"):
         app.loop_backend = 42  # type: ignore[attr-defined]
     assert LoopShim.runner(app) is runner
+    assert app.config["LOOPSHIM_BACKEND"] == runner.name
+
+
+def test_switching_the_backend_updates_the_config() -> None:
+    pytest.importorskip("trio")
+    app = Flask(__name__)
+    LoopShim(app)
+    app.loop_backend = "trio"  # type: ignore[attr-defined]
+    assert app.config["LOOPSHIM_BACKEND"] == "trio"
+
+
+def test_an_option_of_another_backend_names_loopshim_options() -> None:
+    pytest.importorskip("trio")
+    app = Flask(__name__)
+    app.config.update(LOOPSHIM_BACKEND="trio", LOOPSHIM_OPTIONS={"driver": "public"})
+    LoopShim(app)
+    with pytest.raises(loopshim.OptionError, match=r"unknown option 'driver'.*LOOPSHIM_OPTIONS"):
+        app.loop_backend = "asyncio"  # type: ignore[attr-defined]
+    assert app.loop_backend == "trio"  # type: ignore[attr-defined]
+
+
+def test_unhashable_options_explain_what_an_app_can_do() -> None:
+    class UnhashableFactory:
+        __hash__ = None  # type: ignore[assignment]
+
+        def __call__(self) -> Any:
+            import asyncio
+
+            return asyncio.new_event_loop()
+
+    app = Flask(__name__)
+    app.config["LOOPSHIM_OPTIONS"] = {"loop_factory": UnhashableFactory()}
+    with pytest.raises(loopshim.OptionError, match=r"must be hashable.*app\.loop_backend = runner"):
+        LoopShim(app)
 
 
 async def _thread_id() -> int:

@@ -98,14 +98,17 @@ PROTOCOL_RAISES = {
 
 
 #: Functions that make a loopshim error for the caller to raise.
-ERROR_FACTORIES = {"reentrant_error"}
+ERROR_FACTORIES = {"reentrant_error", "own_loop_error", "foreign_loop_error", "_explained"}
 
 
 def test_error_factories_make_loopshim_errors() -> None:
-    from loopshim import _core
+    from loopshim import _core, flask
 
-    for name in ERROR_FACTORIES:
-        assert isinstance(getattr(_core, name)("asyncio", "run()"), loopshim.LoopshimError)
+    assert isinstance(_core.reentrant_error("asyncio", "run()"), loopshim.LoopshimError)
+    assert isinstance(_core.own_loop_error("asyncio", "asyncio"), loopshim.LoopshimError)
+    assert isinstance(_core.foreign_loop_error("trio", "thread"), loopshim.LoopshimError)
+    explained = flask._explained(loopshim.OptionError("unknown option 'x'"), "asyncio", {"x": 1})
+    assert isinstance(explained, loopshim.LoopshimError)
 
 
 def _raises(tree: ast.AST) -> list[tuple[str, str]]:

@@ -20,11 +20,15 @@ from ._backend import (
     register_library,
     running_library,
 )
+from ._bridge import available as bridge_available
+from ._bridge import bridge_owner, bridged, hand_over, run_sync_in_task
 from ._checks import (
     check_async_callable,
     check_not_in_loop,
+    foreign_loop_error,
     is_async_callable,
     is_plain_async_def,
+    own_loop_error,
     reentrant_error,
 )
 from ._gevent import native_selector, refuse_backend, refuse_scope, threading_patched
@@ -83,6 +87,9 @@ __all__ = [
     "add_note",
     "available_backends",
     "backend_origin",
+    "bridge_available",
+    "bridge_owner",
+    "bridged",
     "changed",
     "check_async_callable",
     "check_not_in_loop",
@@ -92,7 +99,9 @@ __all__ = [
     "default_backend",
     "describe_callable",
     "direct_call",
+    "foreign_loop_error",
     "get_runner",
+    "hand_over",
     "is_async_callable",
     "is_plain_async_def",
     "known_backends",
@@ -104,12 +113,14 @@ __all__ = [
     "loop_local",
     "machinery_of",
     "native_selector",
+    "own_loop_error",
     "reentrant_error",
     "refuse_backend",
     "refuse_scope",
     "register_backend",
     "register_library",
     "run",
+    "run_sync_in_task",
     "running_library",
     "sync_caller_maker",
     "threading_patched",

@@ -102,6 +102,23 @@ class Library(abc.ABC):
         """Start ``fn()`` as a task of its own on the running loop, in *context*;
         return what cancels it."""
 
+    @abc.abstractmethod
+    def call_in_task(self, job: Job[Any]) -> Awaitable[None]:
+        """Run *job* in the current task: await ``job.awaitable()`` with the job's
+        timeout (cancelling with the library's own cancellation, and then storing the
+        job's ``cancelled_error``), store ``job.result`` or ``job.error`` (any
+        exception), and end with ``job.complete(None)``. (A coroutine function.)"""
+
+    @abc.abstractmethod
+    def waiter(
+        self,
+    ) -> tuple[Callable[[], object], Callable[[Callable[[], object]], Awaitable[None]]]:
+        """For a task of this library that waits for something done in another thread:
+        ``(wake, wait)``. ``wake()`` may be called from any thread, once; ``await
+        wait(on_cancel)`` returns once woken. If the waiting task is cancelled,
+        ``on_cancel()`` is called, the wait goes on (shielded) until woken, and then the
+        cancellation propagates. Call it inside a task of this library."""
+
     def machinery(self) -> tuple[str, ...]:
         """Directories whose code is this library's own, not the user's (the blocked-loop
         warning skips their frames to name the user's coroutine)."""

@@ -8,13 +8,16 @@ import types
 
 from .._errors import ArgumentError, ReentrantCallError
 from ._backend import running_library
+from ._bridge import available as bridge_available
 from ._job import describe_callable
 
 __all__ = [
     "check_async_callable",
     "check_not_in_loop",
+    "foreign_loop_error",
     "is_async_callable",
     "is_plain_async_def",
+    "own_loop_error",
     "reentrant_error",
 ]
 
@@ -68,6 +71,35 @@ def reentrant_error(library: str, what: str) -> ReentrantCallError:
         "In async code, await the function directly; in sync code called from async "
         "code, move the blocking call to a worker thread (for example with "
         "anyio.to_thread.run_sync or asyncio.to_thread)"
+    )
+
+
+def own_loop_error(library: str, backend: str) -> ReentrantCallError:
+    """The error for a call from code running on the runner's own loop (a coroutine
+    calling sync code that calls the runner again) when it cannot re-enter."""
+    how = (
+        'which needs the greenlet package: pip install "loopshim[greenlet]"'
+        if not bridge_available()
+        else "or, in a Flask app, LOOPSHIM_REENTRANT = True"
+    )
+    return ReentrantCallError(
+        f"the {backend} runner was called again from code running on its own {library} "
+        "loop (a coroutine called sync code that calls the runner): waiting here would "
+        "stall the loop the call needs. In async code, await the function directly; to "
+        f"let sync code re-enter the runner, make it with reentrant=True, {how}"
+    )
+
+
+def foreign_loop_error(library: str, scope: str) -> ReentrantCallError:
+    """The error for a call from a thread running another loop, in a scope that would
+    have to run a second loop inside it."""
+    return ReentrantCallError(
+        f"this thread is running a {library} event loop (a notebook, an async app), and a "
+        f"{scope}-scope runner would have to run its own loop inside it. Use a "
+        'process-scope runner (get_runner(..., scope="process")): its run() blocks this '
+        "thread until the coroutine is done, like any blocking call; or, from async code, "
+        "`await runner.run_async(fn, ...)` on a process-scope runner, which keeps your "
+        "loop running"
     )
 
 

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final, Generic, TypeVar
 
 from .._errors import RunnerClosed
+from ._bridge import bridged
 from ._log import logger
 
 __all__ = [
@@ -69,7 +70,9 @@ class Job(Generic[T_co]):
         "handling",
         "kwargs",
         "lock",
+        "notify",
         "origin",
+        "owner",
         "result",
         "timed_out",
         "timeout",
@@ -87,6 +90,7 @@ class Job(Generic[T_co]):
         timeout: float | None = None,
         lock: threading.Lock | None = None,
         future: concurrent.futures.Future[Any] | None = None,
+        owner: object = None,
     ) -> None:
         self.fn = fn
         self.args = args
@@ -102,6 +106,11 @@ class Job(Generic[T_co]):
         self.lock = lock
         #: Where a background task's outcome goes (background tasks only).
         self.future = future
+        #: Set: the coroutine runs in the greenlet bridge of this owner (a runner's
+        #: scope), so that sync code it calls can call that runner again.
+        self.owner = owner
+        #: Called, on the loop, when the job is done (a waiter in another loop).
+        self.notify: Callable[[], object] | None = None
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
@@ -122,9 +131,12 @@ class Job(Generic[T_co]):
     def awaitable(self) -> Awaitable[Any]:
         """What the backend's task awaits: the user's coroutine itself, or — when the
         caller was handling an exception — the coroutine inside that ``except``."""
-        if self.handling is None:
-            return self.fn(*self.args, **self.kwargs)
-        return _call_handling(self)
+        coro: Any = (
+            self.fn(*self.args, **self.kwargs) if self.handling is None else _call_handling(self)
+        )
+        if self.owner is None:
+            return coro  # type: ignore[no-any-return]
+        return bridged(coro, self.owner)
 
     def complete(self, jobs: set[Job[Any]] | None) -> None:
         """The end of the backend's task, inside it: keep the context the coroutine
@@ -154,6 +166,8 @@ class Job(Generic[T_co]):
             self.lock.release()
         if self.future is not None:
             _settle_future(self)
+        if self.notify is not None:
+            self.notify()
 
     def cancelled_error(self, cause: BaseException | None) -> BaseException:
         """The error a caller sees for a job cancelled from outside the coroutine

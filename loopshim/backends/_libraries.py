@@ -5,13 +5,14 @@ only be running if trio was imported already."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import sys
 from asyncio import _get_running_loop
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
-from .._core import CANCEL_GRACE, AsyncEvent, Library, machinery_of, register_library
+from .._core import CANCEL_GRACE, AsyncEvent, Job, Library, machinery_of, register_library
 
 __all__ = ["ASYNCIO", "TRIO", "AsyncioLibrary", "TrioLibrary", "abandon"]
 
@@ -51,8 +52,83 @@ class AsyncioLibrary(Library):
         task = context.run(loop.create_task, _await(fn), name=name)
         return task.cancel
 
+    async def call_in_task(self, job: Job[Any]) -> None:
+        try:
+            if job.timeout is None:
+                job.result = await job.awaitable()
+            else:
+                job.result = await _with_timeout(job)
+        except BaseException as exc:
+            job.error = exc
+        finally:
+            job.complete(None)
+
+    def waiter(
+        self,
+    ) -> tuple[Callable[[], object], Callable[[Callable[[], object]], Awaitable[None]]]:
+        loop = asyncio.get_running_loop()
+        woken = loop.create_future()
+
+        def wake() -> None:
+            with contextlib.suppress(RuntimeError):  # the waiting loop is closed
+                loop.call_soon_threadsafe(_resolve, woken)
+
+        async def wait(on_cancel: Callable[[], object]) -> None:
+            try:
+                await asyncio.shield(woken)
+            except asyncio.CancelledError:
+                on_cancel()
+                while not woken.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.shield(woken)
+                raise
+
+        return wake, wait
+
     def machinery(self) -> tuple[str, ...]:
         return machinery_of(asyncio)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+if sys.version_info >= (3, 11):
+
+    async def _with_timeout(job: Job[Any]) -> Any:
+        """Await the job's coroutine in this task, cancelled after the job's timeout."""
+        assert job.timeout is not None
+        try:
+            async with asyncio.timeout(job.timeout) as deadline:
+                return await job.awaitable()
+        except TimeoutError as exc:
+            if deadline.expired():
+                raise job.cancelled_error(exc) from None
+            raise
+
+else:
+
+    async def _with_timeout(job: Job[Any]) -> Any:
+        """Await the job's coroutine in this task, cancelled after the job's timeout."""
+        assert job.timeout is not None
+        task = asyncio.current_task()
+        assert task is not None
+        fired: list[bool] = []
+
+        def expire() -> None:
+            fired.append(True)
+            task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(job.timeout, expire)
+        try:
+            return await job.awaitable()
+        except asyncio.CancelledError as exc:
+            if fired:
+                raise job.cancelled_error(exc) from None
+            raise
+        finally:
+            timer.cancel()
 
 
 async def _await(fn: Callable[[], Awaitable[object]]) -> object:
@@ -114,6 +190,45 @@ class TrioLibrary(Library):
 
         trio.lowlevel.spawn_system_task(in_scope, context=context, name=name)
         return scope.cancel
+
+    async def call_in_task(self, job: Job[Any]) -> None:
+        import trio
+
+        try:
+            if job.timeout is None:
+                job.result = await job.awaitable()
+            else:
+                with trio.move_on_after(job.timeout) as scope:
+                    job.result = await job.awaitable()
+                if scope.cancelled_caught:
+                    job.error = job.cancelled_error(None)
+        except BaseException as exc:
+            job.error = exc
+        finally:
+            job.complete(None)
+
+    def waiter(
+        self,
+    ) -> tuple[Callable[[], object], Callable[[Callable[[], object]], Awaitable[None]]]:
+        import trio
+
+        token = trio.lowlevel.current_trio_token()
+        woken = trio.Event()
+
+        def wake() -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(woken.set)
+
+        async def wait(on_cancel: Callable[[], object]) -> None:
+            try:
+                await woken.wait()
+            except trio.Cancelled:
+                on_cancel()
+                with trio.CancelScope(shield=True):
+                    await woken.wait()
+                raise
+
+        return wake, wait
 
     def machinery(self) -> tuple[str, ...]:
         return machinery_of(*(sys.modules[m] for m in _TRIO_MACHINERY if m in sys.modules))

@@ -1,0 +1,450 @@
+"""Calls from async code: re-entrant calls on a runner's own loop (the greenlet bridge),
+calls from a thread running another loop (a notebook, an async app), and awaiting a
+runner from any loop (run_async)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import sys
+import threading
+from typing import Any
+
+import anyio
+import pytest
+from conftest import SCOPES, BackendCase, make_runner, only_scopes
+
+import loopshim
+
+pytest.importorskip("greenlet")
+
+level: contextvars.ContextVar[str] = contextvars.ContextVar("level", default="none")
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.mark.timeout(30)
+def test_a_chain_three_deep_sees_and_sets_context_and_exc_info(
+    case: BackendCase, scope: str
+) -> None:
+    runner = make_runner(case, scope, reentrant=True)
+
+    async def innermost() -> tuple[str, BaseException | None]:
+        await anyio.sleep(0)
+        seen = level.get()
+        level.set("innermost")
+        return seen, sys.exc_info()[1]
+
+    def sync_two() -> tuple[str, BaseException | None]:
+        try:
+            raise Boom("handled by sync_two")
+        except Boom:
+            return runner.run(innermost)
+
+    async def middle() -> tuple[str, BaseException | None]:
+        await anyio.sleep(0)
+        level.set("middle")
+        return sync_two()
+
+    def sync_one() -> Any:
+        return runner.run(middle)
+
+    async def outer() -> tuple[Any, str]:
+        level.set("outer")
+        await anyio.sleep(0)
+        result = sync_one()
+        return result, level.get()
+
+    (seen, handled), after = runner.run(outer)
+    assert seen == "middle"  # the inner call sees the outer call's context
+    assert isinstance(handled, Boom)  # and the exception its caller was handling
+    assert after == "innermost"  # and what it sets comes back
+    assert level.get() == "innermost"  # all the way to the first caller
+    runner.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_hundred_reentering_calls_from_sixteen_threads(case: BackendCase, scope: str) -> None:
+    runner = make_runner(case, scope, reentrant=True)
+
+    async def inner(n: int) -> int:
+        await anyio.sleep(0.001)
+        return n * 2
+
+    def helper(n: int) -> int:
+        return runner.run(inner, n) + 1
+
+    async def outer(n: int) -> int:
+        await anyio.sleep(0)
+        return helper(n)
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda n: runner.run(outer, n), range(100)))
+    assert results == [n * 2 + 1 for n in range(100)]
+    runner.close()
+
+
+@pytest.mark.timeout(30)
+def test_an_inner_call_that_raises(case: BackendCase, scope: str) -> None:
+    runner = make_runner(case, scope, reentrant=True)
+    raised = Boom("inner")
+
+    async def fails() -> None:
+        await anyio.sleep(0)
+        raise raised
+
+    def helper() -> BaseException | None:
+        try:
+            runner.run(fails)
+        except Boom as exc:
+            return exc
+        return None
+
+    async def outer() -> BaseException | None:
+        await anyio.sleep(0)
+        return helper()
+
+    assert runner.run(outer) is raised  # the same object, through the sync frames
+    runner.close()
+
+
+@only_scopes("process")
+@pytest.mark.timeout(30)
+def test_an_inner_call_that_times_out(case: BackendCase, scope: str) -> None:
+    # A background task has no timeout of its own: its inner call's is the one to fire.
+    runner = make_runner(case, scope, reentrant=True, timeout=0.3)
+    cleaned: list[str] = []
+
+    async def hangs() -> None:
+        try:
+            await anyio.sleep(30)
+        finally:
+            cleaned.append("inner")
+
+    def helper() -> str:
+        try:
+            runner.run(hangs)
+        except TimeoutError:
+            return "timed out"
+        return "no error"
+
+    async def outer() -> str:
+        await anyio.sleep(0)
+        return helper()
+
+    assert runner.spawn(outer).result(10) == "timed out"
+    assert cleaned == ["inner"]
+    runner.close()
+
+
+@pytest.mark.timeout(30)
+def test_the_outer_calls_timeout_cancels_the_inner_coroutine(case: BackendCase, scope: str) -> None:
+    runner = make_runner(case, scope, reentrant=True, timeout=0.5)
+    seen: list[str] = []
+
+    async def inner() -> None:
+        try:
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            seen.append("inner cancelled")
+            raise
+
+    def helper() -> None:
+        runner.run(inner)
+
+    async def outer() -> None:
+        await anyio.sleep(0.3)  # the inner call's own deadline comes after the outer's
+        helper()
+
+    with pytest.raises(TimeoutError):
+        runner.run(outer)
+    assert seen == ["inner cancelled"]
+    assert runner.run(anyio.sleep, 0) is None
+    runner.close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("error", [KeyboardInterrupt, SystemExit])
+def test_an_inner_base_exception_reaches_the_first_caller(
+    case: BackendCase, scope: str, error: type[BaseException]
+) -> None:
+    runner = make_runner(case, scope, reentrant=True)
+    raised = error("from the inner call")
+
+    async def inner() -> None:
+        await anyio.sleep(0)
+        raise raised
+
+    async def outer() -> None:
+        await anyio.sleep(0)
+        runner.run(inner)
+
+    with pytest.raises(error) as caught:
+        runner.run(outer)
+    assert caught.value is raised
+    assert runner.run(anyio.sleep, 0) is None
+    runner.close()
+
+
+@only_scopes("process")
+@pytest.mark.timeout(30)
+def test_cancelling_the_outer_task_cancels_the_inner_coroutine(
+    case: BackendCase, scope: str
+) -> None:
+    runner = make_runner(case, scope, reentrant=True)
+    waiting = threading.Event()
+    seen: list[str] = []
+
+    async def inner() -> None:
+        waiting.set()
+        try:
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            seen.append("inner cancelled")
+            raise
+
+    async def outer() -> None:
+        await anyio.sleep(0)
+        runner.run(inner)
+
+    future = runner.spawn(outer)
+    assert waiting.wait(10)
+    future.cancel()
+    concurrent.futures.wait([future], timeout=10)
+    runner.close()
+    assert seen == ["inner cancelled"]
+
+
+@only_scopes("process")
+@pytest.mark.timeout(30)
+def test_the_loop_serves_other_calls_while_a_reentrant_call_waits(
+    case: BackendCase, scope: str
+) -> None:
+    # The inner call waits for an event only another call can set: were the loop held
+    # by the waiting sync code, this would never finish.
+    runner = make_runner(case, scope, reentrant=True)
+    started = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def make_event() -> None:
+        box["event"] = anyio.Event()
+
+    async def inner() -> str:
+        started.set()
+        await box["event"].wait()
+        return "released"
+
+    def helper() -> str:
+        return runner.run(inner)
+
+    async def outer() -> str:
+        await anyio.sleep(0)
+        return helper()
+
+    async def release() -> str:
+        box["event"].set()
+        return "set"
+
+    runner.run(make_event)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(runner.run, outer)
+        assert started.wait(10)
+        assert runner.run(release) == "set"  # a second request, served meanwhile
+        assert pending.result(10) == "released"
+    runner.close()
+
+
+@pytest.mark.timeout(20)
+def test_without_the_option_a_reentrant_call_names_it(case: BackendCase, scope: str) -> None:
+    runner = make_runner(case, scope)
+
+    async def inner() -> None:
+        pass
+
+    async def outer() -> None:
+        await anyio.sleep(0)
+        runner.run(inner)
+
+    with pytest.raises(loopshim.ReentrantCallError, match=r"reentrant=True"):
+        runner.run(outer)
+    runner.close()
+
+
+# -- a running loop in the caller's thread ------------------------------------------------
+
+
+async def double(n: int) -> int:
+    await anyio.sleep(0)
+    return n * 2
+
+
+def _asyncio_app(call: Any) -> Any:
+    # What a notebook does: its loop runs, and a cell's code is called synchronously
+    # from a callback of it.
+    async def main() -> Any:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        loop.call_soon(lambda: done.set_result(call()))
+        return await done
+
+    return asyncio.run(main())
+
+
+def _trio_app(call: Any) -> Any:
+    import trio
+
+    async def main() -> Any:
+        return call()
+
+    return trio.run(main)
+
+
+HOSTS = {"asyncio": _asyncio_app, "trio": _trio_app}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("host", sorted(HOSTS))
+def test_process_scope_runs_from_a_thread_running_another_loop(
+    case: BackendCase, host: str
+) -> None:
+    if host == "trio":
+        pytest.importorskip("trio")
+    runner = make_runner(case, "process")
+    assert HOSTS[host](lambda: runner.run(double, 21)) == 42
+    assert HOSTS[host](lambda: runner.wrap(double)(4)) == 8
+    runner.close()
+
+
+@only_scopes("thread", "call")
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("host", sorted(HOSTS))
+def test_other_scopes_refuse_a_thread_running_another_loop(
+    case: BackendCase, host: str, scope: str
+) -> None:
+    if host == "trio":
+        pytest.importorskip("trio")
+    runner = make_runner(case, scope)
+
+    def call() -> Any:
+        with pytest.raises(loopshim.ReentrantCallError) as caught:
+            runner.run(double, 1)
+        return str(caught.value)
+
+    message = HOSTS[host](call)
+    assert f"running a {host} event loop" in message
+    assert 'scope="process"' in message
+    assert "run_async" in message
+    assert "to_thread" not in message  # advice that can deadlock (issue: executor threads)
+    runner.close()
+
+
+# -- awaiting a runner from any loop ------------------------------------------------------
+
+
+def _run_on(host: str, main: Any) -> Any:
+    if host == "asyncio":
+        return asyncio.run(main())
+    import trio
+
+    return trio.run(main)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("host", ["asyncio", "trio"])
+def test_run_async_from_another_loop(case: BackendCase, host: str) -> None:
+    if host == "trio":
+        pytest.importorskip("trio")
+    runner = make_runner(case, "process")
+
+    async def work(n: int, *, scale: int) -> tuple[int, str]:
+        await anyio.sleep(0.01)
+        seen = level.get()
+        level.set("set on the runner")
+        return n * scale, seen
+
+    async def fails() -> None:
+        raise Boom("on the runner")
+
+    raised: list[BaseException] = []
+
+    async def main() -> Any:
+        level.set("caller")
+        result = await runner.run_async(work, 2, scale=5)
+        try:
+            await runner.run_async(fails)
+        except Boom as exc:
+            raised.append(exc)
+        return result, level.get()
+
+    assert _run_on(host, main) == ((10, "caller"), "set on the runner")
+    assert str(raised[0]) == "on the runner"
+    runner.close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("host", ["asyncio", "trio"])
+def test_cancelling_run_async_cancels_the_call_with_the_runners_cancellation(
+    case: BackendCase, host: str
+) -> None:
+    if host == "trio":
+        pytest.importorskip("trio")
+    runner = make_runner(case, "process")
+    seen: list[str] = []
+
+    async def slow() -> None:
+        try:
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            seen.append("cancelled on the runner")
+            raise
+
+    async def main() -> str:
+        with anyio.move_on_after(0.2):
+            await runner.run_async(slow)
+        return "caller went on"
+
+    assert _run_on(host, main) == "caller went on"
+    assert seen == ["cancelled on the runner"]
+    assert runner.run(double, 2) == 4
+    runner.close()
+
+
+@pytest.mark.timeout(30)
+def test_run_async_on_the_runners_own_loop_awaits_in_place(case: BackendCase, scope: str) -> None:
+    runner = make_runner(case, scope)
+
+    async def inner() -> Any:
+        return threading.current_thread()
+
+    async def outer() -> bool:
+        return await runner.run_async(inner) is threading.current_thread()
+
+    assert runner.run(outer) is True
+    runner.close()
+
+
+@only_scopes("thread", "call")
+def test_run_async_from_another_loop_needs_process_scope(case: BackendCase, scope: str) -> None:
+    runner = make_runner(case, scope)
+
+    async def main() -> None:
+        await runner.run_async(double, 1)
+
+    with pytest.raises(loopshim.ScopeError, match='scope="process"'):
+        asyncio.run(main())
+    runner.close()
+
+
+def test_run_async_outside_a_loop_is_a_usage_error() -> None:
+    runner = loopshim.get_runner("asyncio", cached=False)
+    coro = runner.run_async(double, 1)
+    with pytest.raises(loopshim.UsageError, match="inside a running event loop"):
+        coro.send(None)
+    runner.close()
+
+
+def test_scopes_fixture_covers_every_scope() -> None:
+    assert set(SCOPES) == {"process", "thread", "call"}
