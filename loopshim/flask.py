@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 import types
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
@@ -47,6 +48,10 @@ from ._ensure_sync import isolate_requests
 from ._errors import ArgumentError, OptionError, UsageError
 from ._options import DEFAULT_SCOPE
 
+_default_context_processor: Any = getattr(
+    sys.modules.get("flask.templating"), "_default_template_ctx_processor", None
+)
+
 __all__ = ["LoopShim", "copy_current_request_context"]
 
 P = ParamSpec("P")
@@ -75,6 +80,9 @@ class _AppState:
         self.scope = scope
         self.options = dict(options)
         self.reentrant = _reentrant(reentrant)
+        #: Set by loopshim.asgi.to_asgi: the served app, and its ServerRunner.
+        self.served: Any = None
+        self.server_runner: LoopRunner | None = None
         self.runner = self._runner_for(backend)
         self._use(self.runner)
 
@@ -102,10 +110,18 @@ class _AppState:
         self._use(self.runner)
 
     def _use(self, runner: LoopRunner) -> None:
+        maker = sync_caller_maker(runner, bridged=self.reentrant)
+        call = direct_call(runner, bridged=self.reentrant)
+        #: How the runner itself calls an async function (an ASGI-served app's calls
+        #: outside a served request).
+        self.runner_call: Callable[..., Any] = (
+            call if call is not None else (lambda fn, *args, **kwargs: maker(fn)(*args, **kwargs))
+        )
+        served = self.served
         #: Makes the synchronous callable Flask gets for an async function.
-        self.async_to_sync = sync_caller_maker(runner, bridged=self.reentrant)
+        self.async_to_sync = maker if served is None else served.async_to_sync
         #: For a plain async function, known to be one: call it with this, unchecked.
-        self.call = direct_call(runner, bridged=self.reentrant)
+        self.call = call if served is None else served.call
 
     def install(self, app: flask.Flask) -> None:
         """Point *app*'s ``async_to_sync`` at the current runner. Flask calls it (through
@@ -163,12 +179,71 @@ def _quick_ensure_sync(state: _AppState) -> Callable[..., Any]:
             return SyncCall(call, func) if call is not None else state.async_to_sync(func)
         # A plain sync function, unless inspect.markcoroutinefunction marked it as async.
         if type(func) is types.FunctionType and getattr(func, "_is_coroutine_marker", None) is None:
-            return func
+            return _sync(state, func)
         if inspect.iscoroutinefunction(func):  # Flask's own test
             return state.async_to_sync(func)
-        return func
+        return _sync(state, func)
 
     return ensure_sync
+
+
+def _sync(state: _AppState, func: Callable[..., Any]) -> Callable[..., Any]:
+    """A sync function Flask is about to call: as it is, unless the app is served by an
+    ASGI server with sync code in worker threads and this runs on the server's loop."""
+    served = state.served
+    if served is None or not served.sync_on_loop():
+        return func
+    # Flask's own cheap wrappers stay on the loop: a View's as_view function (the view
+    # method it calls goes through ensure_sync again) and the default context processor.
+    if getattr(func, "view_class", None) is not None or func is _default_context_processor:
+        return func
+    return functools.partial(served.call_sync, func)
+
+
+def serve_asgi(
+    app: flask.Flask,
+    make_served: Callable[[Callable[..., Any], Callable[..., Any]], Any],
+    make_runner: Callable[[Any, Callable[[], LoopRunner]], Any],
+) -> Any:
+    """Serve *app* through ``loopshim.asgi`` (what ``to_asgi`` calls for a Flask app):
+    set LoopShim up if it is not, make the served app (``make_served(wsgi_app,
+    fallback)``) and point the app's ``async_to_sync`` and ``ensure_sync`` at it.
+    Returns the served app. Nothing it stores on the app refers back to the app."""
+    if EXTENSION_KEY not in app.extensions:
+        LoopShim(app)
+    state = _state(app)
+    if state.served is not None:
+        raise UsageError(
+            f"{app!r} is served through to_asgi() already; use the ASGI application that "
+            "call returned"
+        )
+    ref = weakref.ref(app)
+    state_ref = weakref.ref(state)
+
+    def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        target = ref()
+        if target is None:
+            raise UsageError("the Flask app of this ASGI application was garbage-collected")
+        return target.wsgi_app(environ, start_response)
+
+    def fallback(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        current = state_ref()
+        if current is None:
+            raise UsageError("the Flask app of this ASGI application was garbage-collected")
+        return current.runner_call(fn, *args, **kwargs)
+
+    def app_runner() -> LoopRunner:
+        current = state_ref()
+        if current is None:
+            raise UsageError("the Flask app of this ASGI application was garbage-collected")
+        return current.runner
+
+    served = make_served(wsgi_app, fallback)
+    state.served = served
+    state.server_runner = make_runner(served, app_runner)
+    state._use(state.runner)
+    state.install(app)
+    return served
 
 
 def _weak_wsgi_app(app: flask.Flask) -> Callable[..., Any]:
@@ -301,11 +376,14 @@ class LoopShim:
 
     @staticmethod
     def runner(app: flask.Flask | None = None) -> LoopRunner:
-        """The runner *app* (default: the current app) uses now.
+        """The runner *app* (default: the current app) uses now: once the app is served
+        through :func:`loopshim.asgi.to_asgi`, a :class:`loopshim.asgi.ServerRunner`
+        on the ASGI server's loop.
 
         .. versionadded:: 0.1
         """
-        return _state(app if app is not None else flask.current_app).runner
+        state = _state(app if app is not None else flask.current_app)
+        return state.server_runner or state.runner
 
 
 def copy_current_request_context(func: Callable[P, T]) -> Callable[P, T]:
