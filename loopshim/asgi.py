@@ -253,10 +253,11 @@ class _Request:
         )
 
     async def _watch(self) -> None:
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                break
+        message = await self.receive()
+        while message["type"] == "http.request" and message.get("more_body", False):
+            message = await self.receive()  # the rest of a body nobody reads (discard_body)
+        if message["type"] != "http.disconnect":
+            return  # the body again, which a server should never send: stop watching
         if not self.finished:
             self.disconnected = True
             for scope in list(self.scopes):
@@ -287,14 +288,17 @@ class _Request:
             job.error = disconnected
 
     async def in_thread(
-        self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        handling: BaseException | None = None,
     ) -> T:
         """Call sync ``fn(*args, **kwargs)`` in a worker thread, in a copy of the
-        request's context (what it sets is copied back), with the exception being
-        handled, if any, as ``sys.exc_info()`` there too."""
+        request's context (what it sets is copied back), with *handling* — the exception
+        the caller was handling — as ``sys.exc_info()`` there too."""
         context = contextvars.copy_context()
         origin = contextvars.copy_context()
-        handling = sys.exc_info()[1]
         result: T = await anyio.to_thread.run_sync(
             _in_worker,
             self,
@@ -687,7 +691,7 @@ class _Served:
         thread; anywhere else, called here."""
         owner = bridge_owner()
         if type(owner) is _Request and owner.served is self:
-            return hand_over(owner.in_thread(fn, args, kwargs))
+            return hand_over(owner.in_thread(fn, args, kwargs, sys.exc_info()[1]))
         return fn(*args, **kwargs)
 
     def async_to_sync(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
@@ -997,7 +1001,7 @@ def to_asgi(
         return served
     from . import flask as loopshim_flask
 
-    served = loopshim_flask.serve_asgi(
+    served = loopshim_flask._serve_asgi(
         flask_app,
         lambda wsgi_app, fallback: _Served(
             wsgi_app, mode, sync, threads, timeout, shutdown_timeout, fallback

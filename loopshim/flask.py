@@ -83,6 +83,7 @@ class _AppState:
         #: Set by loopshim.asgi.to_asgi: the served app, and its ServerRunner.
         self.served: Any = None
         self.server_runner: LoopRunner | None = None
+        self.isolated_wsgi_app: Any = None
         self.runner = self._runner_for(backend)
         self._use(self.runner)
 
@@ -200,7 +201,7 @@ def _sync(state: _AppState, func: Callable[..., Any]) -> Callable[..., Any]:
     return functools.partial(served.call_sync, func)
 
 
-def serve_asgi(
+def _serve_asgi(
     app: flask.Flask,
     make_served: Callable[[Callable[..., Any], Callable[..., Any]], Any],
     make_runner: Callable[[Any, Callable[[], LoopRunner]], Any],
@@ -219,12 +220,16 @@ def serve_asgi(
         )
     ref = weakref.ref(app)
     state_ref = weakref.ref(state)
+    isolated = state.isolated_wsgi_app
 
     def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         target = ref()
         if target is None:
             raise UsageError("the Flask app of this ASGI application was garbage-collected")
-        return target.wsgi_app(environ, start_response)
+        installed = target.wsgi_app
+        if installed is isolated:  # no middleware since LoopShim: Flask's own, directly
+            return type(target).wsgi_app(target, environ, start_response)
+        return installed(environ, start_response)
 
     def fallback(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         current = state_ref()
@@ -371,6 +376,9 @@ class LoopShim:
         if type(app).ensure_sync is flask.Flask.ensure_sync:  # a subclass's own is kept
             setattr(app, "ensure_sync", _quick_ensure_sync(state))  # noqa: B010
         app.wsgi_app = isolate_requests(_weak_wsgi_app(app))  # type: ignore[method-assign,assignment]
+        #: What LoopShim set as app.wsgi_app (an ASGI-served app goes around it: each
+        #: of its requests runs in its own task's context, isolated already).
+        state.isolated_wsgi_app = app.wsgi_app
         if not isinstance(getattr(type(app), "loop_backend", None), _LoopBackend):
             type(app).loop_backend = _LoopBackend()  # type: ignore[attr-defined]
 

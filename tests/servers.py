@@ -7,7 +7,8 @@ always stop:
   them. A test that needs one is skipped only when the server's binaries are absent.
 - gunicorn serving an app module from a directory: :func:`start_gunicorn` starts one on a
   free port and waits until it listens; its ``stop()`` sends SIGTERM and returns the exit
-  status and output (call it in a ``finally``).
+  status and output (call it in a ``finally``). :func:`start_server` does the same for
+  any server command (uvicorn, hypercorn, granian).
 - :func:`serve`: werkzeug's threaded server running a WSGI app in this process.
 
 Every wait here is bounded.
@@ -244,7 +245,7 @@ def get(port: int, path: str, timeout: float = 20) -> tuple[int, bytes]:
         conn.close()
 
 
-def wait_until_serving(proc: subprocess.Popen[bytes], port: int) -> None:
+def wait_until_serving(proc: subprocess.Popen[bytes], port: int, name: str = "gunicorn") -> None:
     """Return once *port* accepts connections, or once *proc* has exited."""
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
@@ -255,23 +256,24 @@ def wait_until_serving(proc: subprocess.Popen[bytes], port: int) -> None:
                 return
         except OSError:
             time.sleep(0.1)
-    raise AssertionError(f"gunicorn did not start listening within {START_TIMEOUT:g} s")
+    raise AssertionError(f"{name} did not start listening within {START_TIMEOUT:g} s")
 
 
 @dataclass
 class Gunicorn:
-    """A gunicorn started by :func:`start_gunicorn`; its output goes to a file (a pipe
-    nobody reads could fill up and block it)."""
+    """A server started by :func:`start_gunicorn` or :func:`start_server`; its output
+    goes to a file (a pipe nobody reads could fill up and block it)."""
 
     proc: subprocess.Popen[bytes]
     port: int
     log: Path
+    name: str = "gunicorn"
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> tuple[int, str]:
-        """SIGTERM gunicorn (if it still runs) and wait for it; its status and output."""
+        """SIGTERM the server (if it still runs) and wait for it; its status and output."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
@@ -280,9 +282,40 @@ class Gunicorn:
             self.proc.kill()
             self.proc.wait(STOP_TIMEOUT)
             raise AssertionError(
-                f"gunicorn did not stop within {STOP_TIMEOUT:g} s of SIGTERM:\n{self.output()}"
+                f"{self.name} did not stop within {STOP_TIMEOUT:g} s of SIGTERM:\n{self.output()}"
             ) from None
         return self.proc.returncode, self.output()
+
+
+#: A server process started by :func:`start_server`.
+ServerProcess = Gunicorn
+
+
+def start_server(
+    directory: Path,
+    command: Callable[[int], Sequence[str]],
+    env: dict[str, str] | None = None,
+    name: str = "server",
+) -> ServerProcess:
+    """Start ``command(port)`` in *directory* for a free port of 127.0.0.1, its output in
+    ``<name>-<port>.log`` there; return once the port accepts connections."""
+    port = free_port()
+    log = directory / f"{name}-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            list(command(port)),
+            cwd=directory,
+            env={**os.environ, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    server = ServerProcess(proc, port, log, name)
+    try:
+        wait_until_serving(proc, port, name)
+    except BaseException:
+        server.stop()
+        raise
+    return server
 
 
 def start_gunicorn(
@@ -290,24 +323,11 @@ def start_gunicorn(
 ) -> Gunicorn:
     """Start ``gunicorn [options] app`` in *directory* on a free port of 127.0.0.1, its
     output in ``gunicorn-<port>.log`` there; return once it listens."""
-    port = free_port()
-    command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", *options, app]
-    log = directory / f"gunicorn-{port}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            command,
-            cwd=directory,
-            env={**os.environ, **(env or {})},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    server = Gunicorn(proc, port, log)
-    try:
-        wait_until_serving(proc, port)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+
+    def command(port: int) -> list[str]:
+        return [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", *options, app]
+
+    return start_server(directory, command, env, "gunicorn")
 
 
 def process_gone(pid: int) -> bool:
