@@ -50,7 +50,6 @@ class Kind:
 
 def _uvicorn(port: int) -> list[str]:
     return [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port)]
-    # (completed in KINDS)
 
 
 KINDS = [
@@ -302,13 +301,15 @@ def test_a_streamed_response_arrives_chunk_by_chunk(served: Served) -> None:
     release = served.markers / "release-s1"
 
     async def main() -> list[str]:
-        async with httpx.AsyncClient(base_url=served.url, timeout=WAIT) as c:
-            async with c.stream("GET", "/stream", params={"rid": "s1"}) as response:
-                assert response.status_code == 200
-                lines = response.aiter_lines()
-                first = await anext(lines)  # before the generator goes on: not joined
-                release.write_text("go")
-                return [first, *[line async for line in lines]]
+        async with (
+            httpx.AsyncClient(base_url=served.url, timeout=WAIT) as c,
+            c.stream("GET", "/stream", params={"rid": "s1"}) as response,
+        ):
+            assert response.status_code == 200
+            lines = response.aiter_lines()
+            first = await anext(lines)  # before the generator goes on: not joined
+            release.write_text("go")
+            return [first, *[line async for line in lines]]
 
     assert run(main) == ["first", "second for s1"]
 
