@@ -27,6 +27,7 @@ import concurrent.futures
 import contextlib
 import contextvars
 import functools
+import queue
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, MutableMapping
@@ -36,7 +37,6 @@ try:
     import anyio
     import anyio.from_thread
     import anyio.lowlevel
-    import anyio.to_thread
     from werkzeug.exceptions import ClientDisconnected
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     from ._errors import MissingExtra
@@ -109,19 +109,71 @@ class _Handle:
         self.cancel = cancel
 
 
+class _Workers:
+    """The worker threads of a server loop for sync code: at most *size*, started as
+    work arrives, daemon threads (a server that runs no lifespan never waits for
+    them), ended at lifespan shutdown."""
+
+    __slots__ = ("idle", "lock", "pending", "queue", "size", "threads")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.queue: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.threads = 0
+        self.idle = 0
+        self.pending = 0
+
+    def submit(self, work: Callable[[], object]) -> None:
+        self.queue.put(work)
+        with self.lock:
+            self.pending += 1
+            if self.pending > self.idle and self.threads < self.size:
+                self.threads += 1
+                start = True
+            else:
+                start = False
+        if start:
+            thread = threading.Thread(
+                target=self._serve, name=f"loopshim-asgi-{self.threads}", daemon=True
+            )
+            thread.start()
+
+    def _serve(self) -> None:
+        get, lock = self.queue.get, self.lock
+        while True:
+            with lock:
+                self.idle += 1
+            work = get()
+            with lock:
+                self.idle -= 1
+                self.pending -= 1
+            if work is None:
+                return
+            work()
+            work = None
+
+    def close(self) -> None:
+        """End the threads once the work queued before is done (never blocks)."""
+        with self.lock:
+            threads, self.threads = self.threads, 0
+        for _ in range(threads):
+            self.queue.put(None)
+
+
 class _Loop:
     """What a served app keeps for one running server loop: its ``loop_local`` values,
-    its background tasks, the limiter of its worker threads. Made at lifespan startup
+    its background tasks, its worker threads. Made at lifespan startup
     (or at the first request, if the server runs no lifespan), closed at shutdown."""
 
-    __slots__ = ("closing", "jobs", "key", "library", "limiter", "served", "state", "token")
+    __slots__ = ("closing", "jobs", "key", "library", "served", "state", "token", "workers")
 
     def __init__(self, served: _Served, library: Library, key: object) -> None:
         self.served = served
         self.library = library
         self.key = key
         self.token = anyio.lowlevel.current_token()
-        self.limiter = anyio.CapacityLimiter(served.threads)
+        self.workers = _Workers(served.threads)
         self.state = LoopState(library)
         self.state.attach(key)
         self.jobs = JobSet()
@@ -153,7 +205,44 @@ class _Loop:
         try:
             await close_own_work(self.library, "ASGI server's", self.state, self.jobs, grace)
         finally:
+            self.workers.close()
             self.served.forget(self)
+
+    async def to_thread(self, work: Callable[[], T]) -> T:
+        """``work()`` in a worker thread; the calling task waits (a cancellation waits
+        for the thread too, then goes on)."""
+        wake, wait = self.library.waiter()
+        outcome: list[Any] = []
+
+        def run() -> None:
+            try:
+                outcome.append(work())
+            except BaseException as exc:
+                outcome.append(_Failed(exc))
+            finally:
+                wake()
+
+        self.workers.submit(run)
+        await wait(_ignore)
+        (result,) = outcome
+        if type(result) is _Failed:
+            error = result.error
+            del result, outcome
+            raise error
+        return result  # type: ignore[no-any-return]
+
+
+class _Failed:
+    """What a worker thread's work raised."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _ignore() -> None:
+    pass
 
 
 class _Request:
@@ -205,7 +294,7 @@ class _Request:
         """From the request's sync code, in its greenlet or in a worker thread: have
         ``fn(*args)`` awaited on the loop, and return its result."""
         if getattr(_local, "request", None) is self:
-            return anyio.from_thread.run(fn, *args)
+            return anyio.from_thread.run(fn, *args, token=self.loop.token)
         return hand_over(fn(*args))
 
     def in_greenlet(self) -> bool:
@@ -299,13 +388,10 @@ class _Request:
         the caller was handling — as ``sys.exc_info()`` there too."""
         context = contextvars.copy_context()
         origin = contextvars.copy_context()
-        result: T = await anyio.to_thread.run_sync(
-            _in_worker,
-            self,
-            context,
-            handling,
-            functools.partial(fn, *args, **kwargs),
-            limiter=self.loop.limiter,
+        result: T = await self.loop.to_thread(
+            functools.partial(
+                _in_worker, self, context, handling, functools.partial(fn, *args, **kwargs)
+            )
         )
         if changed(context, origin):
             copy_back(context)
@@ -669,7 +755,7 @@ class _Served:
         request = getattr(_local, "request", None)
         if request is not None and request.served is self:
             job = self.job(fn, args, kwargs, request)
-            anyio.from_thread.run(request.call, job)
+            anyio.from_thread.run(request.call, job, token=request.loop.token)
             return job.outcome()
         if self.fallback is None:
             raise UsageError(
@@ -720,13 +806,10 @@ class _Served:
             if self.mode == "greenlet":
                 chunks = await run_sync_in_task(request.respond, request)
             else:
-                chunks = await anyio.to_thread.run_sync(
-                    _in_worker,
-                    request,
-                    contextvars.copy_context(),
-                    None,
-                    request.respond,
-                    limiter=request.loop.limiter,
+                chunks = await request.loop.to_thread(
+                    functools.partial(
+                        _in_worker, request, contextvars.copy_context(), None, request.respond
+                    )
                 )
             if chunks is not None and not request.disconnected:
                 await request.send_response(chunks)
