@@ -17,6 +17,7 @@ from __future__ import annotations
 from ._core import (
     AsyncEvent,
     Backend,
+    Canceller,
     CancelReason,
     DrivenLoop,
     Job,
@@ -32,6 +33,7 @@ __all__ = [
     "AsyncEvent",
     "Backend",
     "CancelReason",
+    "Canceller",
     "DrivenLoop",
     "Job",
     "JobSet",

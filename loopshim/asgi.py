@@ -30,7 +30,16 @@ import functools
 import queue
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, MutableMapping
+import types
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Iterator,
+    MutableMapping,
+)
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast
 
 try:
@@ -47,6 +56,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     ) from exc
 
 from ._core import (
+    Canceller,
     CancelReason,
     Job,
     JobSet,
@@ -251,21 +261,22 @@ class _Request:
 
     __slots__ = (
         "body",
+        "cancellers",
         "content_length",
         "disconnected",
         "finished",
         "headers",
         "loop",
         "more_body",
+        "no_body",
+        "prefetched",
         "receive",
         "scope",
-        "scopes",
         "send",
         "served",
         "started",
         "status",
         "stop_watching",
-        "watching",
     )
 
     def __init__(self, served: _Served, loop: _Loop, scope: Scope, receive: Receive, send: Send):
@@ -278,11 +289,13 @@ class _Request:
         self.more_body = True
         self.disconnected = False
         self.finished = False
-        #: Whether a disconnect watcher was considered (it runs if stop_watching is set).
-        self.watching = False
+        #: Stops the disconnect watcher, once it runs.
         self.stop_watching: Callable[[], object] | None = None
-        #: The cancel scopes of the async calls running now, cancelled on a disconnect.
-        self.scopes: set[anyio.CancelScope] = set()
+        #: What cancels the async calls running now, if the client disconnects.
+        self.cancellers: set[Canceller] = set()
+        #: An HTTP/1 request without Content-Length or Transfer-Encoding: no body.
+        self.no_body = False
+        self.prefetched = False
         self.status: int | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.content_length: int | None = None
@@ -319,57 +332,65 @@ class _Request:
 
     # --- disconnects -------------------------------------------------------------------
 
-    async def watch(self, *, discard_body: bool = False) -> None:
-        """Start watching for the client's disconnect, once: read ahead what is left of
-        a small body (so a view can still read it), then let a task wait on ``receive``
-        for the disconnect. With *discard_body* (the response is being streamed), what
-        is left of the body is dropped."""
-        if self.watching or self.finished:
+    async def prefetch(self) -> None:
+        """Before an async call, read ahead up to :data:`PREFETCH_LIMIT` of a body the
+        app has not read (the app can still read it), so that a watcher may take over
+        ``receive`` to see a disconnect."""
+        self.prefetched = True
+        while self.more_body and len(self.body.buffer) < PREFETCH_LIMIT:
+            chunk = await self.next_chunk()
+            if chunk:
+                self.body.buffer += chunk
+
+    def start_watching(self, *, discard_body: bool = False) -> None:
+        """Start a task that waits on ``receive`` for the client's disconnect, once the
+        body is all read (or known to be empty); with *discard_body* (a streamed
+        response has begun), what is left of the body is dropped."""
+        if self.stop_watching is not None or self.finished:
             return
-        self.watching = True
-        if not discard_body:
-            while self.more_body and len(self.body.buffer) < PREFETCH_LIMIT:
-                try:
-                    chunk = await self.next_chunk()
-                except ClientDisconnected:
-                    return
-                if chunk:
-                    self.body.buffer += chunk
-            if self.more_body:
-                return  # a large body the app has yet to read: not watched
+        if self.more_body:
+            if not (self.no_body or discard_body):
+                return  # a body the app has yet to read: not watched
+            self.more_body = False  # the watcher reads what is left; the app reads none
         self.stop_watching = self.loop.library.start_task(
             self._watch, context=contextvars.Context(), name="loopshim-asgi-disconnect"
         )
 
     async def _watch(self) -> None:
         message = await self.receive()
-        while message["type"] == "http.request" and message.get("more_body", False):
-            message = await self.receive()  # the rest of a body nobody reads (discard_body)
+        if message["type"] == "http.request":
+            while message.get("more_body", False):  # the rest of a body nobody reads
+                message = await self.receive()
+            message = await self.receive()
         if message["type"] != "http.disconnect":
             return  # the body again, which a server should never send: stop watching
         if not self.finished:
             self.disconnected = True
-            for scope in list(self.scopes):
-                scope.cancel()
+            for canceller in list(self.cancellers):
+                canceller.cancel()
 
     # --- async calls -------------------------------------------------------------------
 
     async def call(self, job: Job[Any]) -> None:
         """Run *job* (an async view or hook) in the current task with the job's
         semantics; cancelled with the library's own cancellation if the client
-        disconnects meanwhile, the caller then getting ``ClientDisconnected``."""
-        if not self.watching:
-            await self.watch()
-        if self.stop_watching is None:
-            await self.loop.library.call_in_task(job)
-            return
-        with anyio.CancelScope() as scope:
-            self.scopes.add(scope)
+        disconnects meanwhile, the caller then getting ``ClientDisconnected``. The
+        disconnect watcher starts only once a call is suspended: a call that finishes
+        in one step costs nothing more."""
+        library = self.loop.library
+        if self.more_body and not self.no_body and not self.prefetched:
+            await self.prefetch()
+        with library.canceller() as canceller:
+            self.cancellers.add(canceller)
             try:
-                await self.loop.library.call_in_task(job)
+                if self.stop_watching is None:
+                    running = cast("Coroutine[Any, Any, None]", library.call_in_task(job))
+                    await _on_suspension(running, self.start_watching)
+                else:
+                    await library.call_in_task(job)
             finally:
-                self.scopes.discard(scope)
-        if scope.cancel_called and self.disconnected and job.error is not None:
+                self.cancellers.discard(canceller)
+        if self.disconnected and job.error is not None and not isinstance(job.error, Exception):
             disconnected = ClientDisconnected(
                 f"the client disconnected while {job.label} ran; it was cancelled"
             )
@@ -439,8 +460,8 @@ class _Request:
         return self.wait_for(self._send, start, body)
 
     async def _send(self, start: Message | None, body: Message) -> bool:
-        if not self.watching and body["more_body"]:
-            await self.watch(discard_body=True)
+        if self.stop_watching is None and body["more_body"]:
+            self.start_watching(discard_body=True)
         try:
             if start is not None:
                 await self.send(start)
@@ -495,6 +516,34 @@ class _Request:
         stop, self.stop_watching = self.stop_watching, None
         if stop is not None:
             stop()
+
+
+@types.coroutine
+def _on_suspension(
+    coro: Coroutine[Any, Any, T], suspended: Callable[[], object]
+) -> Generator[Any, Any, T]:
+    """Await *coro*; the first time it suspends (yields to the loop), call
+    ``suspended()``."""
+    try:
+        yielded = coro.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    suspended()
+    try:
+        while True:
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                raise
+            except BaseException as exc:
+                yielded = coro.throw(exc)
+            else:
+                yielded = coro.send(sent)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    finally:
+        if sys.exc_info()[0] is GeneratorExit:
+            coro.close()
 
 
 async def _call_in_task(library: Library, job: Job[Any]) -> None:
@@ -660,6 +709,10 @@ def _environ(request: _Request) -> dict[str, Any]:
         if name in environ:
             value = environ[name] + ("; " if name == "HTTP_COOKIE" else ",") + value
         environ[name] = value
+    # HTTP/1 without Content-Length or Transfer-Encoding: the body is empty (RFC 9112).
+    request.no_body = environ["SERVER_PROTOCOL"] in ("HTTP/1.1", "HTTP/1.0") and (
+        environ.get("CONTENT_LENGTH", "0") == "0" and "HTTP_TRANSFER_ENCODING" not in environ
+    )
     return environ
 
 

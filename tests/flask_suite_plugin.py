@@ -12,6 +12,15 @@ the ``app`` fixture, apps that tests create themselves, subclasses that call
 of its ``__init__``. ``LOOPSHIM_SUITE_SCOPE`` picks the scope (default ``process``).
 An app's own ``LOOPSHIM_*`` config keys would still win, as for any app.
 
+With ``LOOPSHIM_SUITE_ASGI`` set too (``greenlet`` or ``thread``), every app is also served
+through ``loopshim.asgi.to_asgi`` in that mode, and every request Flask's test client
+makes (through ``Flask.__call__``) goes through the ASGI bridge instead of the WSGI call:
+the environ becomes an ASGI scope, the app runs as the ASGI application on an event loop
+of ``LOOPSHIM_SUITE_ASGI_LOOP`` (``asyncio``, default, or ``trio``) in a thread of its own
+(anyio's blocking portal), as a server would run it, and the response comes back to the
+test client. The app's own runner (``LOOPSHIM_SUITE_BACKEND``) serves what runs outside a
+request.
+
 Without ``LOOPSHIM_SUITE_BACKEND`` it attaches nothing, so the plain run loads it too and
 the runs differ in that one variable only. In every run it
 
@@ -30,12 +39,16 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from typing import Any
 
 import pytest
 
 BACKEND_VAR = "LOOPSHIM_SUITE_BACKEND"
 SCOPE_VAR = "LOOPSHIM_SUITE_SCOPE"
+ASGI_VAR = "LOOPSHIM_SUITE_ASGI"
+ASGI_LOOP_VAR = "LOOPSHIM_SUITE_ASGI_LOOP"
 REPORT_VAR = "LOOPSHIM_SUITE_REPORT"
 #: Starts the text of each failing phase (setup, call, teardown, collect) of a test.
 PHASE_MARK = "===== failed in"
@@ -50,10 +63,10 @@ def _restore_pytest_notset() -> None:
 
 #: How many apps got LoopShim, and the (backend, scope) of the runners they got. Counts
 #: only: a reference to an app would keep it alive (Flask's suite checks apps are freed).
-attached: dict[str, Any] = {"apps": 0, "runners": set()}
+attached: dict[str, Any] = {"apps": 0, "runners": set(), "served": 0}
 
 
-def _attach_loopshim_to_every_app(backend: str, scope: str) -> None:
+def _attach_loopshim_to_every_app(backend: str, scope: str, asgi: str | None) -> None:
     import flask
 
     from loopshim.flask import LoopShim
@@ -67,8 +80,117 @@ def _attach_loopshim_to_every_app(backend: str, scope: str) -> None:
         runner = LoopShim.runner(self)
         attached["apps"] += 1
         attached["runners"].add((runner.name, runner.scope))
+        if asgi is not None:
+            from loopshim.asgi import to_asgi
+
+            # The ASGI application keeps the app alive; the app refers only to what it
+            # serves (Flask's suite checks that apps are freed), so keep neither here.
+            to_asgi(self, mode=asgi)
+            attached["served"] += 1
 
     flask.Flask.__init__ = __init__  # type: ignore[method-assign]
+
+
+class AsgiDriver:
+    """Flask's test client, through the ASGI bridge: ``Flask.__call__`` turns the
+    environ into an ASGI scope and runs the app's served ASGI application on a loop in
+    a thread of its own (anyio's blocking portal), as a server would."""
+
+    def __init__(self, library: str) -> None:
+        import anyio.from_thread
+
+        self._portal_cm = anyio.from_thread.start_blocking_portal(library)
+        self.portal = self._portal_cm.__enter__()
+
+    def close(self) -> None:
+        self._portal_cm.__exit__(None, None, None)
+
+    def install(self) -> None:
+        import flask
+
+        driver = self
+
+        def __call__(
+            self: flask.Flask, environ: dict[str, Any], start_response: Callable[..., Any]
+        ) -> Iterable[bytes]:
+            served = self.extensions["loopshim"].served
+            status, headers, body = driver.portal.call(_serve, served, environ)
+            start_response(status, headers)
+            return body
+
+        flask.Flask.__call__ = __call__  # type: ignore[method-assign,assignment]
+
+
+def _scope(environ: dict[str, Any]) -> dict[str, Any]:
+    """The ASGI HTTP scope of a WSGI environ."""
+    headers = []
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            name = key[5:]
+        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            name = key
+        else:
+            continue
+        headers.append((name.replace("_", "-").lower().encode("latin-1"), value.encode("latin-1")))
+    root = environ.get("SCRIPT_NAME", "")
+    path = root + environ.get("PATH_INFO", "")
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": environ.get("SERVER_PROTOCOL", "HTTP/1.1").partition("/")[2] or "1.1",
+        "method": environ["REQUEST_METHOD"],
+        "scheme": environ.get("wsgi.url_scheme", "http"),
+        "path": path.encode("latin-1").decode("utf-8", "replace"),
+        "raw_path": path.encode("latin-1"),
+        "query_string": environ.get("QUERY_STRING", "").encode("latin-1"),
+        "root_path": root.encode("latin-1").decode("utf-8", "replace"),
+        "headers": headers,
+        "client": (environ.get("REMOTE_ADDR", "127.0.0.1"), int(environ.get("REMOTE_PORT") or 0)),
+        "server": (environ.get("SERVER_NAME", "localhost"), int(environ.get("SERVER_PORT") or 80)),
+    }
+
+
+async def _serve(served: Any, environ: dict[str, Any]) -> tuple[str, list[Any], list[bytes]]:
+    """Run one request through the served ASGI application (on the portal's loop)."""
+    import anyio
+
+    stream = environ.get("wsgi.input")
+    length = environ.get("CONTENT_LENGTH")
+    if stream is None:
+        body = b""
+    elif length:
+        body = stream.read(int(length))
+    else:
+        body = stream.read()
+    sent_body = False
+    done = anyio.Event()
+    start: dict[str, Any] = {}
+    chunks: list[bytes] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent_body
+        if not sent_body:
+            sent_body = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await done.wait()  # the client stays connected until the response is complete
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            start.update(message)
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                done.set()
+
+    try:
+        await served(_scope(environ), receive, send)
+    finally:
+        done.set()
+    status = int(start["status"])
+    reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in start["headers"]]
+    return f"{status} {reason}".strip(), headers, chunks
 
 
 class OutcomeRecorder:
@@ -122,18 +244,37 @@ class OutcomeRecorder:
 
     def pytest_unconfigure(self) -> None:
         report = {
-            "attached": {"apps": attached["apps"], "runners": sorted(attached["runners"])},
+            "attached": {
+                "apps": attached["apps"],
+                "runners": sorted(attached["runners"]),
+                "served": attached["served"],
+            },
             "outcomes": self.outcomes,  # in the order the tests ran
         }
         with open(self.path, "w", encoding="utf-8") as file:
             json.dump(report, file, indent=1)
 
 
+_driver: AsgiDriver | None = None
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    global _driver
     _restore_pytest_notset()
     backend = os.environ.get(BACKEND_VAR)
+    asgi = os.environ.get(ASGI_VAR) or None
     if backend:
-        _attach_loopshim_to_every_app(backend, os.environ.get(SCOPE_VAR) or "process")
+        _attach_loopshim_to_every_app(backend, os.environ.get(SCOPE_VAR) or "process", asgi)
+        if asgi is not None:
+            _driver = AsgiDriver(os.environ.get(ASGI_LOOP_VAR) or "asyncio")
+            _driver.install()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    global _driver
+    if _driver is not None:
+        _driver.close()
+        _driver = None
     report = os.environ.get(REPORT_VAR)
     if report:
         config.pluginmanager.register(OutcomeRecorder(report), "loopshim-suite-outcomes")
@@ -144,4 +285,10 @@ def pytest_report_header(config: pytest.Config) -> str:
     if not backend:
         return "flask_suite_plugin: plain Flask, no LoopShim"
     scope = os.environ.get(SCOPE_VAR) or "process"
-    return f"flask_suite_plugin: every Flask app on LoopShim({backend!r}, scope={scope!r})"
+    asgi = os.environ.get(ASGI_VAR)
+    served = (
+        f", served through to_asgi(mode={asgi!r}) on {os.environ.get(ASGI_LOOP_VAR) or 'asyncio'}"
+        if asgi
+        else ""
+    )
+    return f"flask_suite_plugin: every Flask app on LoopShim({backend!r}, scope={scope!r}){served}"

@@ -32,6 +32,7 @@ __all__ = [
     "SHUTDOWN_OVERHEAD",
     "AsyncEvent",
     "Backend",
+    "Canceller",
     "DrivenLoop",
     "Library",
     "LoopThread",
@@ -62,6 +63,26 @@ class AsyncEvent(Protocol):
     def is_set(self) -> bool: ...
 
     async def wait(self) -> Any: ...
+
+
+class Canceller:
+    """What :meth:`Library.canceller` returns: entered and left in one task (``with``);
+    ``cancel()``, from another task of the same loop while the first is suspended inside
+    it, cancels what it awaits there. This base class cancels nothing.
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = ()
+
+    def __enter__(self) -> Canceller:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def cancel(self) -> None:
+        """Cancel what the task awaits inside the ``with`` block (nothing here)."""
 
 
 class Library(abc.ABC):
@@ -118,6 +139,16 @@ class Library(abc.ABC):
         wait(on_cancel)`` returns once woken. If the waiting task is cancelled,
         ``on_cancel()`` is called, the wait goes on (shielded) until woken, and then the
         cancellation propagates. Call it inside a task of this library."""
+
+    def canceller(self) -> Canceller:
+        """A context manager for a task of this library that lets another task cancel
+        what the task awaits inside it, with the library's own cancellation (an ASGI
+        request's async call, when its client disconnects). The default cancels
+        nothing.
+
+        .. versionadded:: 0.1
+        """
+        return Canceller()
 
     def machinery(self) -> tuple[str, ...]:
         """Directories whose code is this library's own, not the user's (the blocked-loop

@@ -12,7 +12,15 @@ from asyncio import _get_running_loop
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
-from .._core import CANCEL_GRACE, AsyncEvent, Job, Library, machinery_of, register_library
+from .._core import (
+    CANCEL_GRACE,
+    AsyncEvent,
+    Canceller,
+    Job,
+    Library,
+    machinery_of,
+    register_library,
+)
 
 __all__ = ["ASYNCIO", "TRIO", "AsyncioLibrary", "TrioLibrary", "abandon"]
 
@@ -85,8 +93,35 @@ class AsyncioLibrary(Library):
 
         return wake, wait
 
+    def canceller(self) -> Canceller:
+        return _TaskCanceller()
+
     def machinery(self) -> tuple[str, ...]:
         return machinery_of(asyncio)
+
+
+class _TaskCanceller(Canceller):
+    """asyncio: cancels the task itself (no scope to enter: asyncio has none), and takes
+    the cancellation request back when the block is left (``Task.uncancel``), so that
+    the task does not count as cancelled afterwards."""
+
+    __slots__ = ("cancelled", "task")
+
+    def __enter__(self) -> Canceller:
+        self.task = asyncio.current_task()
+        self.cancelled = False
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        task, self.task = self.task, None
+        if self.cancelled and task is not None and sys.version_info >= (3, 11):
+            task.uncancel()
+
+    def cancel(self) -> None:
+        task = getattr(self, "task", None)
+        if task is not None and not self.cancelled:
+            self.cancelled = True
+            task.cancel()
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -229,6 +264,11 @@ class TrioLibrary(Library):
                 raise
 
         return wake, wait
+
+    def canceller(self) -> Canceller:
+        import trio
+
+        return trio.CancelScope()  # type: ignore[return-value]
 
     def machinery(self) -> tuple[str, ...]:
         return machinery_of(*(sys.modules[m] for m in _TRIO_MACHINERY if m in sys.modules))
