@@ -114,7 +114,10 @@ class AsgiDriver:
             self: flask.Flask, environ: dict[str, Any], start_response: Callable[..., Any]
         ) -> Iterable[bytes]:
             served = self.extensions["loopshim"].served
-            status, headers, body = driver.portal.call(_serve, served, environ)
+            outcome = driver.portal.call(_serve, served, environ)
+            if isinstance(outcome, BaseException):
+                raise outcome  # a view's KeyboardInterrupt: raised here, as without ASGI
+            status, headers, body = outcome
             start_response(status, headers)
             return body
 
@@ -150,28 +153,47 @@ def _scope(environ: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _serve(served: Any, environ: dict[str, Any]) -> tuple[str, list[Any], list[bytes]]:
-    """Run one request through the served ASGI application (on the portal's loop)."""
+async def _serve(
+    served: Any, environ: dict[str, Any]
+) -> tuple[str, list[Any], list[bytes]] | BaseException:
+    """Run one request through the served ASGI application (on the portal's loop). A
+    BaseException other than a cancellation (a view's KeyboardInterrupt) is returned, to
+    be raised in the test's thread: raised here, it would end the portal's loop."""
+    import anyio
+
+    try:
+        return await _serve_one(served, environ)
+    except anyio.get_cancelled_exc_class():
+        raise
+    except Exception:
+        raise
+    except BaseException as exc:
+        return exc
+
+
+async def _serve_one(served: Any, environ: dict[str, Any]) -> tuple[str, list[Any], list[bytes]]:
     import anyio
 
     stream = environ.get("wsgi.input")
     length = environ.get("CONTENT_LENGTH")
-    if stream is None:
-        body = b""
-    elif length:
-        body = stream.read(int(length))
-    else:
-        body = stream.read()
-    sent_body = False
+    # What is left of the body; None: read to the end. Read as the app asks for it, as a
+    # server does: werkzeug's test client sends the same stream again when it follows a
+    # 307/308 redirect, which the app answered without reading the body.
+    left: int | None = int(length) if length else None
+    more = stream is not None and left != 0
     done = anyio.Event()
     start: dict[str, Any] = {}
     chunks: list[bytes] = []
 
     async def receive() -> dict[str, Any]:
-        nonlocal sent_body
-        if not sent_body:
-            sent_body = True
-            return {"type": "http.request", "body": body, "more_body": False}
+        nonlocal left, more
+        if more:
+            assert stream is not None
+            chunk = stream.read(65536 if left is None else min(65536, left))
+            if left is not None:
+                left -= len(chunk)
+            more = bool(chunk) and left != 0
+            return {"type": "http.request", "body": chunk, "more_body": more}
         await done.wait()  # the client stays connected until the response is complete
         return {"type": "http.disconnect"}
 
@@ -268,6 +290,9 @@ def pytest_configure(config: pytest.Config) -> None:
         if asgi is not None:
             _driver = AsgiDriver(os.environ.get(ASGI_LOOP_VAR) or "asyncio")
             _driver.install()
+    report = os.environ.get(REPORT_VAR)
+    if report:
+        config.pluginmanager.register(OutcomeRecorder(report), "loopshim-suite-outcomes")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -275,9 +300,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if _driver is not None:
         _driver.close()
         _driver = None
-    report = os.environ.get(REPORT_VAR)
-    if report:
-        config.pluginmanager.register(OutcomeRecorder(report), "loopshim-suite-outcomes")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
