@@ -1,0 +1,134 @@
+"""``loopshim.asgi.to_asgi`` without a server: its options (refused at once), a plain
+WSGI callable, ``sync="inline"``, the app's runner and test client once served, and an
+app freed with its ASGI application. The ASGI application is driven in this process by
+httpx's ``ASGITransport`` on an asyncio loop (real servers: ``test_asgi.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pytest
+
+import loopshim
+
+flask = pytest.importorskip("flask")
+pytest.importorskip("greenlet")
+httpx = pytest.importorskip("httpx")
+
+from loopshim.asgi import ServerRunner, to_asgi  # noqa: E402
+from loopshim.flask import LoopShim  # noqa: E402
+
+
+def get(asgi_app: Any, path: str, **kwargs: Any) -> Any:
+    async def main() -> Any:
+        transport = httpx.ASGITransport(app=asgi_app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.request(kwargs.pop("method", "GET"), path, **kwargs)
+
+    return asyncio.run(asyncio.wait_for(main(), 30))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"mode": "fiber"}, "to_asgi(mode=...) must be one of 'greenlet', 'thread'"),
+        ({"mode": "threads"}, "Did you mean 'thread'?"),
+        ({"sync": "inlined"}, "Did you mean 'inline'?"),
+        ({"mode": "thread", "sync": "inline"}, "sync=...) applies to mode='greenlet'"),
+        ({"threads": 0}, "threads=...) must be an int of 1 or more"),
+        ({"threads": True}, "threads=...) must be an int of 1 or more"),
+        ({"timeout": -1}, "option 'timeout' must be a number of seconds"),
+        ({"shutdown_timeout": "5"}, "option 'shutdown_timeout' must be a number of seconds"),
+    ],
+)
+def test_bad_options_are_refused_at_once(options: dict[str, Any], message: str) -> None:
+    app = flask.Flask(__name__)
+    with pytest.raises(loopshim.OptionError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        to_asgi(app, **options)
+    assert "loopshim" not in app.extensions  # nothing was set up
+
+
+def test_what_is_not_an_app_is_refused() -> None:
+    with pytest.raises(loopshim.ArgumentError, match="a Flask app or a WSGI callable"):
+        to_asgi(42)  # type: ignore[arg-type]
+
+
+def plain_wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    body = environ["wsgi.input"].read()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body, b" from ", threading.current_thread().name.encode()]
+
+
+def test_a_plain_wsgi_callable_runs_in_a_worker_thread() -> None:
+    with pytest.raises(loopshim.OptionError, match="needs a Flask app"):
+        to_asgi(plain_wsgi, mode="greenlet")
+    response = get(to_asgi(plain_wsgi), "/", method="POST", content=b"hello")
+    assert response.status_code == 200
+    body, _, thread = response.text.partition(" from ")
+    assert body == "hello"
+    assert thread.startswith("loopshim-asgi-")
+
+
+def test_serving_an_app_twice_is_refused() -> None:
+    app = flask.Flask(__name__)
+    to_asgi(app)
+    with pytest.raises(loopshim.UsageError, match="served through to_asgi"):
+        to_asgi(app)
+
+
+def test_sync_inline_runs_sync_views_on_the_loop() -> None:
+    app = flask.Flask(__name__)
+
+    @app.get("/")
+    def where() -> str:
+        return threading.current_thread().name
+
+    inline = get(to_asgi(app, sync="inline"), "/")
+    assert inline.text == threading.current_thread().name  # asyncio.run's thread: the loop
+
+
+def test_a_served_app_keeps_its_runner_for_the_test_client() -> None:
+    app = flask.Flask(__name__)
+    app.config["LOOPSHIM_BACKEND"] = "asyncio"
+
+    @app.get("/")
+    async def index() -> str:
+        await asyncio.sleep(0)
+        return "ok"
+
+    to_asgi(app)
+    runner = LoopShim.runner(app)
+    assert isinstance(runner, ServerRunner)
+    assert isinstance(runner, loopshim.LoopRunner)
+    assert (runner.name, runner.scope) == ("asgi", "server")  # no server loop yet
+    # Outside a served request, the app's own runner: the test client works as before.
+    assert app.test_client().get("/").text == "ok"
+
+    async def double(x: int) -> int:
+        await asyncio.sleep(0)
+        return 2 * x
+
+    assert runner.run(double, 21) == 42  # on the app's own runner: no server loop runs
+    assert runner.spawn(double, 2).result(timeout=10) == 4
+    with pytest.raises(loopshim.UsageError, match="the server closes"):
+        runner.close()
+
+
+def test_an_app_is_freed_with_its_asgi_application() -> None:
+    app = flask.Flask(__name__)
+
+    @app.get("/")
+    async def index() -> str:
+        return "ok"
+
+    asgi_app = to_asgi(app)
+    assert get(asgi_app, "/").text == "ok"
+    ref = weakref.ref(app)
+    del app, asgi_app
+    gc.collect()
+    assert ref() is None
