@@ -14,6 +14,9 @@ Workloads (the views are in ``benchmarks/asgi_apps.py``):
 - ``blocking``: a sync view doing 10 ms of blocking work, 100 connections; the bridge
   runs it in its worker threads (``--threads``), gunicorn gthread with as many threads.
 
+uvicorn runs with uvloop and httptools (its ``standard`` set-up), and again with
+asyncio's own loop (``--loop asyncio``); hypercorn with its uvloop worker.
+
 All servers start at once, each on a free port of 127.0.0.1; then, round after round,
 every workload visits every variant in a fresh random order (interleaved, so that a busy
 machine affects all alike). wrk (Debian's ``wrk``) keeps the connections busy; its own
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import random
 import re
 import resource
@@ -82,7 +86,9 @@ ALL = (*ASYNC, "blocking")
 def variants() -> list[Variant]:
     py = sys.executable
     uvicorn = (py, "-m", "uvicorn", "--host", "127.0.0.1", "--port", "{port}", "--no-access-log")
-    uvicorn += ("--log-level", "warning", "--loop", "uvloop", "--http", "httptools")
+    uvicorn += ("--log-level", "warning", "--http", "httptools")
+    uvicorn_asyncio = (*uvicorn, "--loop", "asyncio")
+    uvicorn += ("--loop", "uvloop")
     hypercorn = (py, "-m", "hypercorn", "--bind", "127.0.0.1:{port}", "--worker-class", "uvloop")
     gunicorn = (py, "-m", "gunicorn", "--bind", "127.0.0.1:{port}", "--workers", "1")
     gunicorn += ("--log-level", "warning", "--chdir", str(HERE))
@@ -91,6 +97,18 @@ def variants() -> list[Variant]:
     return [
         Variant("quart-uvicorn", "Quart, uvicorn", (*uvicorn, "asgi_quart:app"), ALL),
         Variant("bridge-uvicorn", "Flask bridge, uvicorn", (*uvicorn, "asgi_apps:bridge_app"), ALL),
+        Variant(
+            "quart-uvicorn-asyncio",
+            "Quart, uvicorn --loop asyncio",
+            (*uvicorn_asyncio, "asgi_quart:app"),
+            ALL,
+        ),
+        Variant(
+            "bridge-uvicorn-asyncio",
+            "Flask bridge, uvicorn --loop asyncio",
+            (*uvicorn_asyncio, "asgi_apps:bridge_app"),
+            ALL,
+        ),
         Variant("quart-hypercorn", "Quart, hypercorn", (*hypercorn, "asgi_quart:app"), ALL),
         Variant(
             "bridge-hypercorn", "Flask bridge, hypercorn", (*hypercorn, "asgi_apps:bridge_app"), ALL
@@ -118,6 +136,8 @@ def variants() -> list[Variant]:
 
 @dataclass
 class Result:
+    #: Server CPU time (user + system, its processes) per request, in µs.
+    cpu_us: list[float] = field(default_factory=list)
     rps: list[float] = field(default_factory=list)
     p50: list[float] = field(default_factory=list)
     p99: list[float] = field(default_factory=list)
@@ -180,9 +200,27 @@ class Server:
         return problem
 
 
-def _environ() -> dict[str, str]:
-    import os
+_TICK = os.sysconf("SC_CLK_TCK")
 
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of process *pid* and its descendants, from /proc."""
+    total = 0.0
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            stat = Path(f"/proc/{current}/stat").read_text()
+            fields = stat.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / _TICK
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def _environ() -> dict[str, str]:
     return dict(os.environ)
 
 
@@ -251,7 +289,7 @@ def wrk(port: int, workload: Workload, seconds: int) -> dict[str, Any]:
 
 
 def measure(
-    found: list[Variant], ports: dict[str, int], args: argparse.Namespace
+    found: list[Variant], ports: dict[str, int], pids: dict[str, int], args: argparse.Namespace
 ) -> dict[tuple[str, str], Result]:
     results: dict[tuple[str, str], Result] = {}
     pairs = [(w, v) for w in args.workloads for v in found if w in v.workloads]
@@ -261,8 +299,12 @@ def measure(
         for workload in args.workloads:
             runs = [v for v in found if workload in v.workloads]
             for variant in random.sample(runs, len(runs)):
+                before = cpu_seconds(pids[variant.key])
                 got = wrk(ports[variant.key], WORKLOADS[workload], args.duration)
+                used = cpu_seconds(pids[variant.key]) - before
                 result = results.setdefault((workload, variant.key), Result())
+                requests = got["rps"] * args.duration
+                result.cpu_us.append(used / requests * 1e6 if requests else float("nan"))
                 result.rps.append(got["rps"])
                 result.p50.append(got["p50"])
                 result.p99.append(got["p99"])
@@ -283,6 +325,8 @@ def peer(workload: str, variant: str) -> str:
         return "default-gthread"
     if variant.endswith("hypercorn"):
         return "quart-hypercorn"
+    if variant.endswith("uvicorn-asyncio"):
+        return "quart-uvicorn-asyncio"
     return "quart-uvicorn"
 
 
@@ -295,7 +339,7 @@ def report(found: list[Variant], results: dict[tuple[str, str], Result], args: A
         lines.append(f"\n{workload}: GET {w.path}, {w.connections} connections")
         lines.append(
             f"  {'variant':{width}}  {'req/s':>7}  {'p50 ms':>7}  {'p99 ms':>7}  "
-            f"{'vs peer':>8}  {'p99 vs peer':>11}  errors"
+            f"{'vs peer':>8}  {'p99 vs peer':>11}  {'CPU µs/req':>10}  errors"
         )
         rows = [(key, r) for (wk, key), r in results.items() if wk == workload]
         rows.sort(key=lambda row: -row[1].median(row[1].rps))
@@ -306,13 +350,14 @@ def report(found: list[Variant], results: dict[tuple[str, str], Result], args: A
             p99_ratio = f"{p99 / base.median(base.p99):.2f}x" if base else "-"
             lines.append(
                 f"  {labels[key]:{width}}  {rps:7.0f}  {r.median(r.p50):7.1f}  {p99:7.1f}  "
-                f"{ratio:>8}  {p99_ratio:>11}  {r.errors}"
+                f"{ratio:>8}  {p99_ratio:>11}  {r.median(r.cpu_us):10.0f}  {r.errors}"
             )
     cpu = max((c for r in results.values() for c in r.wrk_cpu), default=0.0)
     lines.append(
         f"\nmedians of {args.rounds} round(s) of {args.duration} s; peer = Quart on the same "
         f"server (for 'blocking': Flask's sync view, gunicorn gthread, {args.threads} threads);"
-        f"\nwrk used at most {cpu:.0%} of one CPU in any run"
+        f"\nwrk used at most {cpu:.0%} of one CPU in any run; CPU µs/req: the server's "
+        "processes' CPU time per request"
     )
     return "\n".join(lines)
 
@@ -362,7 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     problems: list[str] = []
     with servers(found, args.threads, problems) as started:
-        results = measure(found, {key: s.port for key, s in started.items()}, args)
+        ports = {key: s.port for key, s in started.items()}
+        pids = {key: s.process.pid for key, s in started.items()}
+        results = measure(found, ports, pids, args)
     print(report(found, results, args))
     bad = [f"{w} {v}: {r.errors} errors" for (w, v), r in results.items() if r.errors]
     for problem in problems + bad:
@@ -378,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
                     "variant": v,
                     "peer": peer(w, v),
                     "rps": r.rps,
+                    "server_cpu_us_per_request": r.cpu_us,
                     "p50_ms": r.p50,
                     "p99_ms": r.p99,
                     "errors": r.errors,

@@ -260,7 +260,7 @@ class _Request:
     WSGI call that runs in the request's greenlet or in a worker thread."""
 
     __slots__ = (
-        "body",
+        "buffer",
         "cancellers",
         "content_length",
         "disconnected",
@@ -285,7 +285,10 @@ class _Request:
         self.scope = scope
         self.receive = receive
         self.send = send
-        self.body = _Input(self)
+        #: What has been received of the body and not read yet (``wsgi.input``, an
+        #: ``_Input``, refers to the request: the request must not refer to it, or each
+        #: request would leave a reference cycle for the garbage collector).
+        self.buffer = bytearray()
         self.more_body = True
         self.disconnected = False
         self.finished = False
@@ -337,10 +340,10 @@ class _Request:
         app has not read (the app can still read it), so that a watcher may take over
         ``receive`` to see a disconnect."""
         self.prefetched = True
-        while self.more_body and len(self.body.buffer) < PREFETCH_LIMIT:
+        while self.more_body and len(self.buffer) < PREFETCH_LIMIT:
             chunk = await self.next_chunk()
             if chunk:
-                self.body.buffer += chunk
+                self.buffer += chunk
 
     def start_watching(self, *, discard_body: bool = False) -> None:
         """Start a task that waits on ``receive`` for the client's disconnect, once the
@@ -584,7 +587,7 @@ class _Input:
 
     def __init__(self, request: _Request) -> None:
         self.request = request
-        self.buffer = bytearray()
+        self.buffer = request.buffer
 
     def _fill(self) -> bool:
         """Read one more piece into the buffer; False at the end of the body."""
@@ -688,7 +691,7 @@ def _environ(request: _Request) -> dict[str, Any]:
         "SERVER_PROTOCOL": f"HTTP/{scope.get('http_version', '1.1')}",
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": scope.get("scheme", "http"),
-        "wsgi.input": request.body,
+        "wsgi.input": _Input(request),
         "wsgi.errors": sys.stderr,
         "wsgi.multithread": True,
         "wsgi.multiprocess": True,
