@@ -194,7 +194,7 @@ def file() -> Response:
     return send_file(MARKERS / "payload.bin", mimetype="application/octet-stream")
 
 
-@app.get("/slow")
+@app.route("/slow", methods=["GET", "POST"])
 async def slow() -> str:
     rid = request.args["rid"]
     mark(f"started-{rid}")
@@ -204,6 +204,22 @@ async def slow() -> str:
         mark(f"cancelled-{rid}")
         raise
     return "finished"
+
+
+@app.get("/endless")
+def endless() -> Response:
+    rid = request.args["rid"]
+
+    def generate() -> Any:
+        deadline = time.monotonic() + 20
+        try:
+            while time.monotonic() < deadline:
+                yield "tick\n"
+                time.sleep(0.05)
+        finally:
+            mark(f"stream-closed-{rid}")
+
+    return Response(generate(), mimetype="text/plain")
 
 
 @app.get("/too-long")

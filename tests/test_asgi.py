@@ -364,6 +364,27 @@ def test_a_client_that_disconnects_cancels_the_view(served: Served) -> None:
         assert c.get("/item", params={"rid": "after"}).status_code == 200
 
 
+def test_a_disconnect_during_an_upload_views_await(served: Served) -> None:
+    with socket.create_connection(("127.0.0.1", served.server.port), timeout=WAIT) as sock:
+        body = b"x" * 1000  # read ahead by the bridge, so that the disconnect is watched for
+        head = f"POST /slow?rid=d2 HTTP/1.1\r\nHost: test\r\nContent-Length: {len(body)}\r\n\r\n"
+        sock.sendall(head.encode() + body)
+        assert wait_for_file(served.markers / "started-d2")
+    assert wait_for_file(served.markers / "cancelled-d2", 10)
+
+
+def test_a_streamed_response_stops_when_the_client_goes_away(served: Served) -> None:
+    with socket.create_connection(("127.0.0.1", served.server.port), timeout=WAIT) as sock:
+        sock.sendall(b"GET /endless?rid=e1 HTTP/1.1\r\nHost: test\r\n\r\n")
+        received = b""
+        while b"tick" not in received:  # bounded by the socket's timeout
+            chunk = sock.recv(4096)
+            assert chunk, received
+            received += chunk
+    # The generator is closed (its finally block runs) long before its 20 s are up.
+    assert wait_for_file(served.markers / "stream-closed-e1", 10)
+
+
 # --- lifespan and SIGTERM ---------------------------------------------------------------
 
 
