@@ -103,6 +103,9 @@ DEFAULT_SHUTDOWN_TIMEOUT: Final = 5.0
 #: How much of a request body is read ahead so that a disconnect can be watched for
 #: while an async view runs; a body still unread beyond it is left to the app.
 PREFETCH_LIMIT: Final = 64 * 1024
+#: A request's async call that stays suspended this long (one to two ticks of this)
+#: gets a task watching for its client's disconnect.
+WATCH_DELAY: Final = 0.05
 #: Block size of ``send_file`` responses (the ``wsgi.file_wrapper``).
 FILE_BLOCK: Final = 64 * 1024
 
@@ -176,7 +179,19 @@ class _Loop:
     its background tasks, its worker threads. Made at lifespan startup
     (or at the first request, if the server runs no lifespan), closed at shutdown."""
 
-    __slots__ = ("closing", "jobs", "key", "library", "served", "state", "token", "workers")
+    __slots__ = (
+        "closing",
+        "jobs",
+        "key",
+        "library",
+        "served",
+        "state",
+        "suspended",
+        "tick",
+        "ticking",
+        "token",
+        "workers",
+    )
 
     def __init__(self, served: _Served, library: Library, key: object) -> None:
         self.served = served
@@ -188,6 +203,36 @@ class _Loop:
         self.state.attach(key)
         self.jobs = JobSet()
         self.closing = False
+        #: Requests whose async call is suspended, to watch for a disconnect if it
+        #: still is a tick later: the tick at which each was noted.
+        self.suspended: dict[_Request, int] = {}
+        self.tick = 0
+        self.ticking = False
+
+    def watch_later(self, request: _Request) -> None:
+        """*request*'s async call has suspended: watch for its client's disconnect if
+        it is still running after a full tick (:data:`WATCH_DELAY`), so that most calls
+        finish without a watcher of their own. One ticker task per loop, while needed."""
+        self.suspended.setdefault(request, self.tick)
+        if not self.ticking:
+            self.ticking = True
+            self.library.start_task(
+                self._ticker, context=contextvars.Context(), name="loopshim-asgi-ticker"
+            )
+
+    async def _ticker(self) -> None:
+        never = self.library.new_event()
+        try:
+            while self.suspended:
+                await self.library.within(WATCH_DELAY, never.wait)
+                self.tick += 1
+                for request, since in list(self.suspended.items()):
+                    if since < self.tick - 1:
+                        del self.suspended[request]
+                        if request.running and not request.finished:
+                            request.start_watching()
+        finally:
+            self.ticking = False
 
     def start(self, job: Job[Any]) -> None:
         """Start a background task (on the loop's thread)."""
@@ -271,6 +316,7 @@ class _Request:
         "no_body",
         "prefetched",
         "receive",
+        "running",
         "scope",
         "send",
         "served",
@@ -299,6 +345,8 @@ class _Request:
         #: An HTTP/1 request without Content-Length or Transfer-Encoding: no body.
         self.no_body = False
         self.prefetched = False
+        #: How many async calls of the request are running now.
+        self.running = 0
         self.status: int | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.content_length: int | None = None
@@ -378,20 +426,22 @@ class _Request:
         """Run *job* (an async view or hook) in the current task with the job's
         semantics; cancelled with the library's own cancellation if the client
         disconnects meanwhile, the caller then getting ``ClientDisconnected``. The
-        disconnect watcher starts only once a call is suspended: a call that finishes
-        in one step costs nothing more."""
+        disconnect watcher starts only once a call has been suspended for a tick or two
+        (:data:`WATCH_DELAY`): a call that finishes sooner costs nothing more."""
         library = self.loop.library
         if self.more_body and not self.no_body and not self.prefetched:
             await self.prefetch()
         with library.canceller() as canceller:
             self.cancellers.add(canceller)
+            self.running += 1
             try:
                 if self.stop_watching is None:
                     running = cast("Coroutine[Any, Any, None]", library.call_in_task(job))
-                    await _on_suspension(running, self.start_watching)
+                    await _on_suspension(running, self.suspended)
                 else:
                     await library.call_in_task(job)
             finally:
+                self.running -= 1
                 self.cancellers.discard(canceller)
         if self.disconnected and job.error is not None and not isinstance(job.error, Exception):
             disconnected = ClientDisconnected(
@@ -514,8 +564,13 @@ class _Request:
         except OSError:
             self.disconnected = True
 
+    def suspended(self) -> None:
+        """An async call of the request has suspended for the first time."""
+        self.loop.watch_later(self)
+
     def end(self) -> None:
         self.finished = True
+        self.loop.suspended.pop(self, None)
         stop, self.stop_watching = self.stop_watching, None
         if stop is not None:
             stop()
