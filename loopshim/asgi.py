@@ -524,11 +524,17 @@ class _Request:
         return not self.disconnected
 
     def stream(self, result: Iterable[bytes]) -> None:
-        """Send *result* chunk by chunk, as it is produced (sync code)."""
-        for chunk in result:
-            if chunk and not self.send_body(bytes(chunk), more=True):
-                return
-        self.send_body(b"", more=False)
+        """Send *result* chunk by chunk, as it is produced, then close it (sync code).
+        It is closed here, where it was iterated: a ``stream_with_context`` generator
+        pushes Flask's contexts when it starts and pops them when it ends, which must
+        happen in the same context (a client gone mid-stream leaves it suspended)."""
+        try:
+            for chunk in result:
+                if chunk and not self.send_body(bytes(chunk), more=True):
+                    return
+            self.send_body(b"", more=False)
+        finally:
+            _close(result)
 
     def respond(self) -> list[bytes] | None:
         """Call the WSGI app (sync code, in the request's greenlet or a worker thread).
@@ -536,18 +542,16 @@ class _Request:
         is sent from here, chunk by chunk."""
         served = self.served
         result = served.wsgi_app(_environ(self), self.start_response)
-        try:
-            if type(result) is not _FileWrapper and self.content_length is not None:
+        if type(result) is not _FileWrapper and self.content_length is not None:
+            try:
                 return [bytes(chunk) for chunk in result]
-            if served.sync_in_thread and self.in_greenlet():
-                hand_over(self.in_thread(self.stream, (result,), {}))
-            else:
-                self.stream(result)
-            return None
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
+            finally:
+                _close(result)
+        if served.sync_in_thread and self.in_greenlet():
+            hand_over(self.in_thread(self.stream, (result,), {}))
+        else:
+            self.stream(result)
+        return None
 
     async def send_response(self, chunks: list[bytes]) -> None:
         """Send a response of known length (in the task)."""
@@ -574,6 +578,13 @@ class _Request:
         stop, self.stop_watching = self.stop_watching, None
         if stop is not None:
             stop()
+
+
+def _close(result: Iterable[bytes]) -> None:
+    """Close a WSGI response iterable, as PEP 3333 asks."""
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()
 
 
 @types.coroutine

@@ -219,7 +219,9 @@ def endless() -> Response:
         finally:
             mark(f"stream-closed-{rid}")
 
-    return Response(generate(), mimetype="text/plain")
+    # stream_with_context pushes the request's contexts when the body starts and pops
+    # them when it is closed: both must happen in the same context.
+    return Response(stream_with_context(generate()), mimetype="text/plain")
 
 
 @app.get("/too-long")
@@ -247,9 +249,24 @@ def spawn_from_a_thread() -> str:
     return rid
 
 
-asgi_app = to_asgi(
+served = to_asgi(
     app,
     mode=os.environ.get("ASGI_MODE", "greenlet"),
     sync=os.environ.get("ASGI_SYNC", "thread"),
     timeout=3,
 )
+
+
+async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The served app; a request with ``report`` in its query string leaves a marker
+    ``outcome-<rid>`` once the ASGI call is over: ``ok``, or what it raised."""
+    query = scope.get("query_string", b"").decode() if scope["type"] == "http" else ""
+    if "report" not in query:
+        return await served(scope, receive, send)
+    rid = dict(part.partition("=")[::2] for part in query.split("&"))["rid"]
+    try:
+        await served(scope, receive, send)
+    except BaseException as exc:
+        mark(f"outcome-{rid}", repr(exc))
+        raise
+    mark(f"outcome-{rid}", "ok")

@@ -375,14 +375,17 @@ def test_a_disconnect_during_an_upload_views_await(served: Served) -> None:
 
 def test_a_streamed_response_stops_when_the_client_goes_away(served: Served) -> None:
     with socket.create_connection(("127.0.0.1", served.server.port), timeout=WAIT) as sock:
-        sock.sendall(b"GET /endless?rid=e1 HTTP/1.1\r\nHost: test\r\n\r\n")
+        sock.sendall(b"GET /endless?rid=e1&report=1 HTTP/1.1\r\nHost: test\r\n\r\n")
         received = b""
         while b"tick" not in received:  # bounded by the socket's timeout
             chunk = sock.recv(4096)
             assert chunk, received
             received += chunk
-    # The generator is closed (its finally block runs) long before its 20 s are up.
+    # The generator is closed (its finally block runs) long before its 20 s are up, and
+    # stream_with_context pops the request's contexts without an error.
     assert wait_for_file(served.markers / "stream-closed-e1", 10)
+    assert wait_for_file(served.markers / "outcome-e1", 10)
+    assert (served.markers / "outcome-e1").read_text() == "ok"
 
 
 # --- lifespan and SIGTERM ---------------------------------------------------------------
