@@ -19,6 +19,7 @@ __all__ = [
     "is_plain_async_def",
     "own_loop_error",
     "reentrant_error",
+    "with_article",
 ]
 
 
@@ -94,13 +95,19 @@ def foreign_loop_error(library: str, scope: str) -> ReentrantCallError:
     """The error for a call from a thread running another loop, in a scope that would
     have to run a second loop inside it."""
     return ReentrantCallError(
-        f"this thread is running a {library} event loop (a notebook, an async app), and a "
+        f"this thread is running {with_article(library)} event loop (a notebook, an async "
+        "app), and a "
         f"{scope}-scope runner would have to run its own loop inside it. Use a "
         'process-scope runner (get_runner(..., scope="process")): its run() blocks this '
         "thread until the coroutine is done, like any blocking call; or, from async code, "
         "`await runner.run_async(fn, ...)` on a process-scope runner, which keeps your "
         "loop running"
     )
+
+
+def with_article(word: str) -> str:
+    """*word* after "a" or "an"."""
+    return f"an {word}" if word[:1] in ("a", "e", "i", "o", "u") else f"a {word}"
 
 
 def check_not_in_loop(what: str) -> None:
