@@ -223,3 +223,34 @@ def test_importing_loopshim_registers_nothing_with_the_interpreter() -> None:
         "after use: ['loopshim._core._lifecycle', 'at_fork loopshim._core._lifecycle']"
         in done.stdout
     )
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_exit_says_what_it_waits_for_and_abandons_quietly(backend: str) -> None:
+    pytest.importorskip(backend)
+    # A forgotten fire-and-forget task delays exit by shutdown_timeout: the log says
+    # so; a task that ignores cancellation is abandoned without a "destroyed but
+    # pending" line from asyncio.
+    code = textwrap.dedent(
+        f"""
+        import logging, anyio, loopshim
+        logging.basicConfig(level=logging.WARNING)
+        runner = loopshim.get_runner({backend!r}, shutdown_timeout=0.3)
+
+        async def forgotten():
+            await anyio.sleep(60)
+
+        async def stubborn():
+            with anyio.CancelScope(shield=True):  # ignores cancellation for a while
+                await anyio.sleep(30)
+
+        runner.spawn(forgotten)
+        if {backend!r} == "asyncio":
+            runner.spawn(stubborn)
+        runner.run(anyio.sleep, 0.05)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "waiting up to 0.3 s (the " in done.stderr
+    assert "forgotten" in done.stderr
+    assert "destroyed but it is pending" not in done.stderr

@@ -98,13 +98,14 @@ PROTOCOL_RAISES = {
 
 
 #: Functions that make a loopshim error for the caller to raise.
-ERROR_FACTORIES = {"reentrant_error", "own_loop_error", "foreign_loop_error", "_explained"}
+ERROR_FACTORIES = {"close_in_loop_error", "own_loop_error", "foreign_loop_error", "_explained"}
 
 
 def test_error_factories_make_loopshim_errors() -> None:
     from loopshim import _core, flask
 
-    assert isinstance(_core.reentrant_error("asyncio", "run()"), loopshim.LoopshimError)
+    closing = _core.close_in_loop_error("asyncio", "asyncio", own_loop=True)
+    assert isinstance(closing, loopshim.LoopshimError)
     assert isinstance(_core.own_loop_error("asyncio", "asyncio"), loopshim.LoopshimError)
     assert isinstance(_core.foreign_loop_error("trio", "thread"), loopshim.LoopshimError)
     explained = flask._explained(loopshim.OptionError("unknown option 'x'"), "asyncio", {"x": 1})

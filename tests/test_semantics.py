@@ -687,3 +687,23 @@ def test_other_errors_on_trio_get_no_note(scope: str) -> None:
         runner.run(fails)
     runner.close()
     assert not getattr(caught.value, "__notes__", None)
+
+
+class BrokenRepr:
+    """An async callable whose repr fails (and which, as an instance, has no
+    ``__qualname__`` of its own to fall back on)."""
+
+    async def __call__(self) -> None:
+        await anyio.sleep(30)
+
+    def __repr__(self) -> str:
+        raise RuntimeError("repr is broken")
+
+
+def test_a_timeout_is_raised_whatever_the_callables_repr_does(
+    case: BackendCase, scope: str
+) -> None:
+    runner = make_runner(case, scope, timeout=0.2)
+    with pytest.raises(TimeoutError, match="BrokenRepr object"):
+        runner.run(BrokenRepr())
+    runner.close()

@@ -80,7 +80,11 @@ async def _cancel_the_rest(name: str) -> None:
     """Cancel the tasks still on the loop (libraries' own: a pool's workers, a reader)
     and give them :data:`CANCEL_GRACE` to unwind."""
     current = asyncio.current_task()
-    others = {t for t in asyncio.all_tasks() if t is not current}
+    others = {
+        t
+        for t in asyncio.all_tasks()
+        if t is not current and getattr(t, "_log_destroy_pending", True)  # not abandoned
+    }
     for task in others:
         task.cancel()
     if not others:
