@@ -476,7 +476,16 @@ def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Any
     func = fixturedef.func
     if not _is_async_fixture(func) or "loop_runner" not in request.fixturenames:
         return (yield)
-    _check_fixture_scope(fixturedef, _settings(request.config).loop_scope)
+    refusal = _scope_refusal(fixturedef, _settings(request.config).loop_scope)
+    if refusal is not None:
+        # Fail inside the fixture function, not in this hook: pytest then records the
+        # failure as the fixture's result, for this test and every later one that asks
+        # for the fixture (one per backend), and tears the fixture down in order.
+        fixturedef.func = _refused(func, refusal)
+        try:
+            return (yield)
+        finally:
+            fixturedef.func = func
     # Have pytest resolve loop_runner (and request) for the fixture: this checks the
     # scopes and tears the fixture down before the runner closes.
     added = tuple(name for name in ("loop_runner", "request") if name not in fixturedef.argnames)
@@ -494,16 +503,28 @@ def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Any
         fixturedef.argnames = original_argnames
 
 
-def _check_fixture_scope(fixturedef: Any, loop_scope: str) -> None:
+def _scope_refusal(fixturedef: Any, loop_scope: str) -> str | None:
+    """Why an async fixture cannot run on the test's loop, or None if it can."""
     scope = str(fixturedef.scope)
     if FIXTURE_SCOPES.index(scope) > FIXTURE_SCOPES.index(loop_scope):
-        pytest.fail(
+        return (
             f"async fixture {fixturedef.argname!r} has scope {scope!r}, wider than the "
             f"loop it would run on (loopshim_loop_scope = {loop_scope!r}). Set "
             f"loopshim_loop_scope = {scope} in your pytest configuration, or give the "
-            "fixture a narrower scope",
-            pytrace=False,
+            "fixture a narrower scope"
         )
+    return None
+
+
+def _refused(func: Callable[..., Any], reason: str) -> Callable[..., Any]:
+    """A stand-in for the fixture function *func* that fails with *reason*."""
+
+    @functools.wraps(func)
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
+        pytest.fail(reason, pytrace=False)
+
+    return refused
 
 
 def _synchronous_fixture(func: Callable[..., Any], added: tuple[str, ...]) -> Callable[..., Any]:

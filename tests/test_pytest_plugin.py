@@ -570,3 +570,33 @@ def test_marker_on_a_sync_test(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest()
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*marked @pytest.mark.loopshim but is not an async def*"])
+
+
+# --- issue 14, items 14-17 -------------------------------------------------------------
+
+WIDE_FIXTURE = """
+import pytest
+
+@pytest.fixture(scope="session")
+async def pool():
+    return 1
+
+@pytest.mark.loopshim
+async def test_pool(pool):
+    pass
+"""
+
+
+def test_fixture_wider_than_the_loop_is_a_clear_error_on_every_backend(
+    pytester: pytest.Pytester,
+) -> None:
+    # With several backends, the fixture is set up once per backend: each must get the
+    # message, none an internal error of pytest's.
+    make(pytester, WIDE_FIXTURE)
+    result = pytester.runpytest("--loopshim-backends=asyncio,trio,uvloop")
+    result.assert_outcomes(errors=3)
+    out = result.stdout.str()
+    message = "async fixture 'pool' has scope 'session', wider than the loop it would run on"
+    assert out.count(message) == 3
+    assert "_finalizers" not in out
+    assert "INTERNALERROR" not in out
