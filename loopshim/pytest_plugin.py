@@ -34,7 +34,7 @@ import dataclasses
 import functools
 import inspect
 import threading
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping
 from typing import Any, Final
 
 import pytest
@@ -463,6 +463,28 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
     _context(pyfuncitem).run(runner.run, pyfuncitem.obj, **kwargs)
     return True
+
+
+@pytest.hookimpl(wrapper=True, specname="pytest_pyfunc_call")
+def pytest_pyfunc_call_sync_test(pyfuncitem: pytest.Function) -> Generator[None, Any, Any]:
+    """Run a sync test that uses ``loop_runner`` in the context its async fixtures set
+    their context variables in (the same copy an async test would run in)."""
+    test = pyfuncitem.obj
+    if inspect.iscoroutinefunction(test) or "loop_runner" not in pyfuncitem.fixturenames:
+        return (yield)
+    context = _context(pyfuncitem)
+
+    @functools.wraps(test)
+    def in_context(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
+        return context.run(test, *args, **kwargs)
+
+    # pytest's own call (and its checks of what the test returns) then runs it.
+    pyfuncitem.obj = in_context
+    try:
+        return (yield)
+    finally:
+        pyfuncitem.obj = test
 
 
 def _is_async_fixture(func: Callable[..., Any]) -> bool:

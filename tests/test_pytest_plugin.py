@@ -600,3 +600,40 @@ def test_fixture_wider_than_the_loop_is_a_clear_error_on_every_backend(
     assert out.count(message) == 3
     assert "_finalizers" not in out
     assert "INTERNALERROR" not in out
+
+
+SYNC_TEST_CONTEXT = """
+import contextvars
+import pytest
+
+tenant = contextvars.ContextVar("tenant")
+request_id = contextvars.ContextVar("request_id")
+
+@pytest.fixture(scope="module")
+async def module_tenant():
+    tenant.set("acme")
+
+@pytest.fixture
+async def request_scope(module_tenant):
+    request_id.set("r-1")
+    yield
+    assert request_id.get() == "r-1"
+
+async def read():
+    return tenant.get(), request_id.get()
+
+def test_sync(loop_runner, request_scope):
+    assert (tenant.get(), request_id.get()) == ("acme", "r-1")
+    assert loop_runner.run(read) == ("acme", "r-1")
+
+def test_no_leak_into_other_tests():
+    assert request_id.get("unset") == "unset"
+"""
+
+
+def test_a_sync_test_sees_context_variables_set_by_async_fixtures(
+    pytester: pytest.Pytester,
+) -> None:
+    make(pytester, SYNC_TEST_CONTEXT)
+    result = pytester.runpytest("-p", "no:randomly")
+    result.assert_outcomes(passed=len(INSTALLED) + 1)
