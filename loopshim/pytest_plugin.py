@@ -465,6 +465,26 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     return True
 
 
+@pytest.hookimpl(specname="pytest_pyfunc_call")
+def pytest_pyfunc_call_unclaimed(pyfuncitem: pytest.Function) -> None:
+    """An ``async def`` test that no plugin ran: say how to run it with loopshim.
+
+    Called before pytest's own call (``trylast``), which would fail with a generic list
+    of plugins to install, and after the plugins that run async tests in a ``tryfirst``
+    hook (anyio) or by making the test function sync first (pytest-asyncio, pytest-trio)."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return
+    if {mark.name for mark in pyfuncitem.iter_markers()} & FOREIGN_MARKERS.keys():
+        return  # meant for another plugin: pytest's message names them
+    pytest.fail(
+        f"{pyfuncitem.nodeid} is an async def test, but nothing runs it: loopshim runs "
+        f"only marked async tests (loopshim_mode = strict). Mark it @pytest.mark.{MARKER}, "
+        "or set loopshim_mode = auto in your pytest configuration (or --loopshim-mode=auto) "
+        "to run every async test on loopshim. (For another plugin, use its marker.)",
+        pytrace=False,
+    )
+
+
 @pytest.hookimpl(wrapper=True, specname="pytest_pyfunc_call")
 def pytest_pyfunc_call_sync_test(pyfuncitem: pytest.Function) -> Generator[None, Any, Any]:
     """Run a sync test that uses ``loop_runner`` in the context its async fixtures set

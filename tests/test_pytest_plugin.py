@@ -637,3 +637,21 @@ def test_a_sync_test_sees_context_variables_set_by_async_fixtures(
     make(pytester, SYNC_TEST_CONTEXT)
     result = pytester.runpytest("-p", "no:randomly")
     result.assert_outcomes(passed=len(INSTALLED) + 1)
+
+
+UNMARKED = """
+async def test_unmarked():
+    pass
+"""
+
+
+def test_an_unmarked_async_test_in_strict_mode_says_how_to_run_it(
+    pytester: pytest.Pytester,
+) -> None:
+    make(pytester, UNMARKED)
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert "@pytest.mark.loopshim" in out
+    assert "loopshim_mode = auto" in out
+    assert "pytest-tornasync" not in out  # not pytest's generic list of plugins
