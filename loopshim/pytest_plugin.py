@@ -34,13 +34,14 @@ import dataclasses
 import functools
 import inspect
 import threading
-from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping
-from typing import Any, Final
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator, Mapping
+from typing import Any, Final, TypeVar
 
 import pytest
 
 from ._core import (
     BUILTIN_BACKENDS,
+    AsyncEvent,
     Library,
     LoopRunner,
     available_backends,
@@ -65,6 +66,8 @@ FOREIGN_MARKERS: Final = {
     "anyio": "anyio's pytest plugin",
     "trio": "pytest-trio",
 }
+
+T = TypeVar("T")
 
 _context_key = pytest.StashKey[contextvars.Context]()
 
@@ -384,15 +387,13 @@ def loop_runner(loop_backend: object, request: pytest.FixtureRequest) -> Iterato
     """A private runner for ``loop_backend``, shared by the tests and async fixtures of one
     ``loopshim_loop_scope`` (``module`` by default), and closed at its end.
 
-    Its scope is ``loopshim_scope`` (``process`` by default); ``loopshim_timeout`` becomes its
-    ``timeout`` option unless ``loop_backend`` sets one.
+    Its scope is ``loopshim_scope`` (``process`` by default); its options are those
+    ``loop_backend`` gives.
 
     .. versionadded:: 0.1
     """
     settings = _settings(request.config)
     name, options = _backend_spec(loop_backend)
-    if settings.timeout is not None:
-        options.setdefault("timeout", settings.timeout)
     runner = get_runner(name, scope=settings.scope, cached=False, **options)
     try:
         yield runner
@@ -458,11 +459,65 @@ def _context(node: pytest.Item | pytest.Collector) -> contextvars.Context:
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     if not _is_ours(pyfuncitem):
         return None
+    __tracebackhide__ = True
     runner = pyfuncitem.funcargs["loop_runner"]
     assert isinstance(runner, LoopRunner)
     kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
-    _context(pyfuncitem).run(runner.run, pyfuncitem.obj, **kwargs)
+    test = functools.partial(pyfuncitem.obj, **kwargs)
+    _call(runner, _context(pyfuncitem), test, pyfuncitem.name, pyfuncitem.config)
     return True
+
+
+def _call(
+    runner: LoopRunner,
+    context: contextvars.Context,
+    fn: Callable[[], Awaitable[T]],
+    what: str,
+    config: pytest.Config,
+) -> T:
+    """``fn()`` run to completion on *runner*, in *context*, for up to ``loopshim_timeout``
+    seconds; *what* names it in the error.
+
+    The time-out is the plugin's own, not the runner's ``timeout`` option, so that its
+    error names ``loopshim_timeout``; and it is raised here, in pytest's thread and in
+    hidden frames, so the report shows the message and no plugin or loopshim frame.
+    """
+    __tracebackhide__ = True
+    timeout = _settings(config).timeout
+    if timeout is None:
+        return context.run(runner.run, fn)
+    result = context.run(runner.run, _within, timeout, fn)
+    if isinstance(result, _TimedOut):
+        raise TimeoutError(
+            f"{what} did not finish within {timeout:g} s and was cancelled "
+            f"(loopshim_timeout = {timeout:g}). Raise loopshim_timeout in your pytest "
+            "configuration, or remove it for no limit"
+        ) from None
+    return result
+
+
+class _TimedOut:
+    """What :func:`_within` returns when the time is up."""
+
+
+async def _within(timeout: float, fn: Callable[[], Awaitable[T]]) -> T | _TimedOut:
+    """``await fn()``, cancelled with the running library's own cancellation after
+    *timeout* seconds."""
+    library = running_library()
+    assert library is not None  # called by a runner, on its loop
+    outcome: list[tuple[T, contextvars.Context]] = []
+
+    async def body() -> None:
+        result = await fn()
+        outcome.append((result, contextvars.copy_context()))
+
+    if not await library.within(timeout, body):
+        return _TimedOut()
+    result, final_context = outcome[0]
+    # asyncio runs body() as a task of its own: bring the variables it set (a fixture's)
+    # into this call's context, which run() then copies back to the caller's.
+    copy_back(final_context)
+    return result
 
 
 @pytest.hookimpl(specname="pytest_pyfunc_call")
@@ -489,6 +544,7 @@ def pytest_pyfunc_call_unclaimed(pyfuncitem: pytest.Function) -> None:
 def pytest_pyfunc_call_sync_test(pyfuncitem: pytest.Function) -> Generator[None, Any, Any]:
     """Run a sync test that uses ``loop_runner`` in the context its async fixtures set
     their context variables in (the same copy an async test would run in)."""
+    __tracebackhide__ = True
     test = pyfuncitem.obj
     if inspect.iscoroutinefunction(test) or "loop_runner" not in pyfuncitem.fixturenames:
         return (yield)
@@ -515,6 +571,7 @@ def _is_async_fixture(func: Callable[..., Any]) -> bool:
 
 @pytest.hookimpl(tryfirst=True, wrapper=True)
 def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Any:
+    __tracebackhide__ = True
     func = fixturedef.func
     if not _is_async_fixture(func) or "loop_runner" not in request.fixturenames:
         return (yield)
@@ -533,7 +590,7 @@ def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Any
     added = tuple(name for name in ("loop_runner", "request") if name not in fixturedef.argnames)
     original_argnames = fixturedef.argnames
     fixturedef.argnames = (*original_argnames, *added)
-    fixturedef.func = _synchronous_fixture(func, added)
+    fixturedef.func = _synchronous_fixture(func, added, fixturedef.argname, request.config)
     # pytest noted the fixture's dependencies before this hook added loop_runner: tie
     # the fixture's lifetime to the runner's, so a new backend gets a new fixture value.
     runner_fixturedef = request._get_active_fixturedef("loop_runner")
@@ -569,7 +626,13 @@ def _refused(func: Callable[..., Any], reason: str) -> Callable[..., Any]:
     return refused
 
 
-def _synchronous_fixture(func: Callable[..., Any], added: tuple[str, ...]) -> Callable[..., Any]:
+def _synchronous_fixture(
+    func: Callable[..., Any], added: tuple[str, ...], name: str, config: pytest.Config
+) -> Callable[..., Any]:
+    """The sync fixture function pytest calls in place of the async one, *func*: it runs
+    *func* on ``loop_runner`` (which, with ``request``, is in *added*: asked for by
+    the plugin, not by *func*)."""
+
     def split(kwargs: dict[str, Any]) -> tuple[LoopRunner, contextvars.Context, dict[str, Any]]:
         runner, request = kwargs["loop_runner"], kwargs["request"]
         own = {name: value for name, value in kwargs.items() if name not in added}
@@ -579,20 +642,24 @@ def _synchronous_fixture(func: Callable[..., Any], added: tuple[str, ...]) -> Ca
 
         @functools.wraps(func)
         def generator_fixture(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            __tracebackhide__ = True
             runner, context, own = split(kwargs)
             holder = _FixtureTask(func(*args, **own), func.__qualname__)
-            value = context.run(runner.run, holder.start)
+            value = _call(runner, context, holder.start, f"async fixture {name!r}", config)
             try:
                 yield value
             finally:
-                context.run(runner.run, holder.finish)
+                teardown = f"the teardown of async fixture {name!r}"
+                _call(runner, context, holder.finish, teardown, config)
 
         return generator_fixture
 
     @functools.wraps(func)
     def coroutine_fixture(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
         runner, context, own = split(kwargs)
-        return context.run(runner.run, func, *args, **own)
+        call = functools.partial(func, *args, **own)
+        return _call(runner, context, call, f"async fixture {name!r}", config)
 
     return coroutine_fixture
 
@@ -614,6 +681,7 @@ class _FixtureTask:
         self.error: BaseException | None = None
         self.final_context: contextvars.Context | None = None
         self._events: _Events | None = None
+        self._cancel: Callable[[], object] | None = None
 
     async def start(self) -> Any:
         library = running_library()
@@ -622,12 +690,10 @@ class _FixtureTask:
                 f"async generator fixture {self.name} must be set up inside a running loop"
             )
         events = self._events = _Events(library)
-        cancel = library.start_task(self._body, context=contextvars.copy_context(), name=self.name)
-        try:
-            await events.started.wait()
-        except BaseException:
-            cancel()
-            raise
+        self._cancel = library.start_task(
+            self._body, context=contextvars.copy_context(), name=self.name
+        )
+        await self._wait(events.started)
         if self.error is not None:
             raise self._take_error()
         if self.final_context is not None:
@@ -639,9 +705,19 @@ class _FixtureTask:
         if not self.ended.is_set():
             assert self._events is not None
             self._events.resume.set()
-            await self._events.done.wait()
+            await self._wait(self._events.done)
         if self.error is not None:
             raise self._take_error()
+
+    async def _wait(self, event: AsyncEvent) -> None:
+        """Wait for the fixture's task to reach *event*; if this wait is cancelled (a
+        time-out, Ctrl-C), cancel the task too."""
+        try:
+            await event.wait()
+        except BaseException:
+            assert self._cancel is not None
+            self._cancel()
+            raise
 
     def _take_error(self) -> BaseException:
         error, self.error = self.error, None

@@ -655,3 +655,51 @@ def test_an_unmarked_async_test_in_strict_mode_says_how_to_run_it(
     assert "@pytest.mark.loopshim" in out
     assert "loopshim_mode = auto" in out
     assert "pytest-tornasync" not in out  # not pytest's generic list of plugins
+
+
+TIMEOUTS = """
+import anyio
+import pytest
+
+@pytest.fixture
+async def slow_setup():
+    await anyio.sleep(3600)
+
+@pytest.fixture
+async def slow_teardown():
+    yield
+    await anyio.sleep(3600)
+
+@pytest.mark.loopshim
+async def test_hangs():
+    await anyio.sleep(3600)
+
+@pytest.mark.loopshim
+async def test_setup_hangs(slow_setup):
+    pass
+
+@pytest.mark.loopshim
+async def test_teardown_hangs(slow_teardown):
+    pass
+"""
+
+
+@pytest.mark.parametrize("scope", ["process", "thread"])
+def test_the_timeout_names_loopshim_timeout_and_hides_the_plugin(
+    pytester: pytest.Pytester, scope: str
+) -> None:
+    make(pytester, TIMEOUTS, ini=f"loopshim_timeout = 0.2\nloopshim_scope = {scope}")
+    result = pytester.runpytest("-p", "no:timeout", "--loopshim-backends=asyncio,trio")
+    # test_teardown_hangs passes, then errors at teardown.
+    result.assert_outcomes(failed=2, passed=2, errors=4)
+    out = result.stdout.str()
+    for what in (
+        "test_hangs",
+        "async fixture 'slow_setup'",
+        "the teardown of async fixture 'slow_teardown'",
+    ):
+        assert out.count(f"TimeoutError: {what}") >= 2, what
+    assert "(loopshim_timeout = 0.2)" in out
+    assert "'timeout' option" not in out
+    assert "pytest_plugin.py" not in out
+    assert "_core" not in out
