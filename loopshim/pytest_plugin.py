@@ -122,8 +122,6 @@ class Settings:
 
     mode: str
     backends: tuple[str, ...]
-    #: The backends usable here, read once per session.
-    installed: tuple[str, ...]
     scope: str
     loop_scope: str
     timeout: float | None
@@ -147,18 +145,18 @@ def _read_settings(config: pytest.Config) -> Settings:
     if raw_backends is None:
         raw_backends = config.getini("loopshim_backends")
     backends = _split_names(raw_backends)
-    installed = tuple(available_backends())
-    known = sorted(set(BUILTIN_BACKENDS) | set(installed))
+    if raw_backends and not backends:
+        raise pytest.UsageError(
+            "--loopshim-backends / loopshim_backends is empty; valid names: "
+            f"{', '.join(_known_backends())}"
+        )
     for name in backends:
-        if name not in known:
+        # Built-in names need no look-up: a session that names none does none.
+        if name not in BUILTIN_BACKENDS and name not in (known := _known_backends()):
             raise pytest.UsageError(
                 f"--loopshim-backends / loopshim_backends names {name!r}, which is not a "
                 f"loopshim backend; valid names: {', '.join(known)}.{did_you_mean(name, known)}"
             )
-    if raw_backends and not backends:
-        raise pytest.UsageError(
-            f"--loopshim-backends / loopshim_backends is empty; valid names: {', '.join(known)}"
-        )
     scope = config.getini("loopshim_scope")
     if scope not in RUNNER_SCOPES:
         why = (
@@ -175,7 +173,25 @@ def _read_settings(config: pytest.Config) -> Settings:
         raise pytest.UsageError(
             f"loopshim_loop_scope must be one of {', '.join(FIXTURE_SCOPES)}; got {loop_scope!r}"
         )
-    return Settings(mode, backends, installed, scope, loop_scope, _read_timeout(config))
+    return Settings(mode, backends, scope, loop_scope, _read_timeout(config))
+
+
+def _known_backends() -> list[str]:
+    """The names ``--loopshim-backends`` accepts: the built-in backends, installed or
+    not, and the third-party ones installed here."""
+    return sorted(set(BUILTIN_BACKENDS) | set(available_backends()))
+
+
+_installed_key = pytest.StashKey[tuple[str, ...]]()
+
+
+def _installed(config: pytest.Config) -> tuple[str, ...]:
+    """The backends usable here, looked up once per session, when a test first needs
+    them (a session without loopshim tests looks nothing up)."""
+    installed = config.stash.get(_installed_key, None)
+    if installed is None:
+        installed = config.stash[_installed_key] = tuple(available_backends())
+    return installed
 
 
 def _read_timeout(config: pytest.Config) -> float | None:
@@ -337,10 +353,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     if not _uses_default_backend_fixture(metafunc):
         return
-    names = settings.backends or settings.installed
+    installed = _installed(metafunc.config)
+    names = settings.backends or installed
     metafunc.parametrize(
         "loop_backend",
-        [_backend_param(name, settings.installed) for name in names],
+        [_backend_param(name, installed) for name in names],
         indirect=True,
         scope=settings.loop_scope,  # type: ignore[arg-type]
     )

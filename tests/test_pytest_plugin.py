@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 import textwrap
+from typing import Any
 
 import pytest
 
@@ -703,3 +706,88 @@ def test_the_timeout_names_loopshim_timeout_and_hides_the_plugin(
     assert "'timeout' option" not in out
     assert "pytest_plugin.py" not in out
     assert "_core" not in out
+
+
+#: Runs a pytest session (arguments from the command line) in a fresh interpreter and
+#: prints, as JSON, what loopshim did there: exit and at-fork handlers registered by its
+#: code, backend look-ups, optional libraries imported, runners made and threads started.
+SESSION_PROBE = r"""
+import atexit, gc, importlib.metadata, json, os, sys, threading
+
+registered = []
+queried = []
+_register, _at_fork, _entry_points = atexit.register, os.register_at_fork, importlib.metadata.entry_points
+
+def register(fn, *args, **kwargs):
+    registered.append(getattr(fn, "__module__", "?"))
+    return _register(fn, *args, **kwargs)
+
+def register_at_fork(**hooks):
+    registered.extend(getattr(fn, "__module__", "?") for fn in hooks.values())
+    return _at_fork(**hooks)
+
+def entry_points(**params):
+    queried.append(params.get("group"))
+    return _entry_points(**params)
+
+atexit.register, os.register_at_fork = register, register_at_fork
+importlib.metadata.entry_points = entry_points
+
+import pytest
+
+# Without the plugins that import async libraries themselves (hypothesis imports trio
+# through its entry points).
+plugins = ["no:cacheprovider", "no:anyio", "no:hypothesispytest"]
+code = pytest.main([arg for name in plugins for arg in ("-p", name)] + ["-q", *sys.argv[1:]])
+from loopshim._core import Runner
+
+optional = {"trio", "uvloop", "anyio", "sniffio", "outcome", "flask", "werkzeug",
+            "greenlet", "gevent", "asgiref", "httpx"}
+print(json.dumps({
+    "exit": int(code),
+    "plugin": "loopshim.pytest_plugin" in sys.modules,
+    "registered": sorted(m for m in registered if m.split(".")[0] == "loopshim"),
+    "looked_up_backends": "loopshim.backends" in queried,
+    "imported": sorted(m for m in sys.modules if m.split(".")[0] in optional),
+    "runners": sum(isinstance(o, Runner) for o in gc.get_objects()),
+    "threads": sorted(t.name for t in threading.enumerate() if t.name.startswith("loopshim")),
+}))
+"""
+
+PLAIN_SESSION = """
+def test_plain():
+    assert sum([1, 2]) == 3
+"""
+
+
+def probe_session(pytester: pytest.Pytester, source: str) -> dict[str, Any]:
+    """Run *source* as the only test module of a session in a fresh interpreter."""
+    pytester.makeini(INI.format(extra=""))
+    pytester.makepyfile(test_plain=textwrap.dedent(source))
+    probe = pytester.makepyfile(probe=SESSION_PROBE)
+    result = pytester.run(sys.executable, str(probe), "test_plain.py")
+    report: dict[str, Any] = json.loads(result.outlines[-1])
+    return report
+
+
+def test_a_session_without_loopshim_tests_makes_and_imports_nothing(
+    pytester: pytest.Pytester,
+) -> None:
+    report = probe_session(pytester, PLAIN_SESSION)
+    assert report["exit"] == 0
+    assert report["plugin"]  # the plugin was loaded, through its entry point
+    assert report["imported"] == []
+    assert report["runners"] == 0
+    assert report["threads"] == []
+    assert not report["looked_up_backends"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="loopshim._core._lifecycle registers its handlers when imported; it is being "
+    "made lazy (registering when the first runner is made)",
+)
+def test_a_session_without_loopshim_tests_registers_no_exit_or_fork_handler(
+    pytester: pytest.Pytester,
+) -> None:
+    assert probe_session(pytester, PLAIN_SESSION)["registered"] == []
