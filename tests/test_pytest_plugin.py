@@ -716,7 +716,8 @@ import atexit, gc, importlib.metadata, json, os, sys, threading
 
 registered = []
 queried = []
-_register, _at_fork, _entry_points = atexit.register, os.register_at_fork, importlib.metadata.entry_points
+_register, _at_fork = atexit.register, os.register_at_fork
+_entry_points = importlib.metadata.entry_points
 
 def register(fn, *args, **kwargs):
     registered.append(getattr(fn, "__module__", "?"))
