@@ -14,10 +14,18 @@ Fixtures it provides:
 - ``loop_backend``: the backend under test, parametrised over the installed backends (or
   ``--loopshim-backends``). Override it in a conftest to pick your own set; it may return
   a name or a ``(name, options)`` pair.
-- ``loop_runner``: a private runner for that backend, shared by the test and its async
-  fixtures, closed when its fixture scope (``loopshim_loop_scope``) ends.
+- ``loop_scope``: the runner scope under test: ``loopshim_scope`` (``process`` by
+  default), or parametrised over ``--loopshim-scopes`` (test ids ``test_x[asyncio-thread]``).
+  Override it in a conftest like ``loop_backend``.
+- ``loop_runner``: a private runner for that backend and scope, shared by the test and
+  its async fixtures, closed when its fixture scope (``loopshim_loop_scope``) ends.
+- ``loop_runner_factory``: makes more private runners for that backend and scope, with
+  options of your own (``loop_runner_factory(timeout=1)``), closed after the test.
 - ``loop_app``: your ``app`` fixture's Flask app with its async views, hooks and
   handlers running on ``loop_runner``.
+
+The marker ``@pytest.mark.loopshim_scopes("process", "thread")`` runs a test (or, on a
+``loop_backend`` parameter, a backend variant) only in those scopes.
 
 Async fixtures (``async def`` and async generators) requested by such a test run on the
 same runner and loop; an async generator fixture keeps one task from setup to teardown,
@@ -34,7 +42,15 @@ import dataclasses
 import functools
 import inspect
 import threading
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from typing import Any, Final, TypeVar
 
 import pytest
@@ -51,14 +67,21 @@ from ._core import (
     running_library,
 )
 from ._errors import UsageError
-from ._options import did_you_mean, is_seconds
+from ._options import SCOPES, did_you_mean, is_seconds
 
-__all__ = ["Settings", "loop_app", "loop_backend", "loop_runner"]
+__all__ = [
+    "Settings",
+    "loop_app",
+    "loop_backend",
+    "loop_runner",
+    "loop_runner_factory",
+    "loop_scope",
+]
 
 MARKER: Final = "loopshim"
+#: The marker that runs a test, or a backend variant, only in some scopes.
+SCOPES_MARKER: Final = "loopshim_scopes"
 MODES: Final = ("strict", "auto")
-#: Scopes in which the loop outlives one call, so fixtures and test can share it.
-RUNNER_SCOPES: Final = ("process", "thread")
 FIXTURE_SCOPES: Final = ("function", "class", "module", "package", "session")
 #: Markers of the other async test plugins: a test carrying one of them is theirs.
 FOREIGN_MARKERS: Final = {
@@ -91,6 +114,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="comma-separated backends to run on, e.g. asyncio,trio (default: every "
         "installed backend). Overrides the loopshim_backends ini option.",
     )
+    group.addoption(
+        "--loopshim-scopes",
+        dest="loopshim_scopes",
+        default=None,
+        help="comma-separated runner scopes to run on, e.g. process,thread,call: each test "
+        "that uses loop_runner runs once per backend and scope (default: loopshim_scope "
+        "only). Overrides the loopshim_scopes ini option.",
+    )
     parser.addini("loopshim_mode", "strict or auto (see --loopshim-mode)", default="strict")
     parser.addini(
         "loopshim_backends",
@@ -99,9 +130,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini(
         "loopshim_scope",
-        "runner scope for tests: process (default, the loop runs in its own thread) or "
-        "thread (the loop runs in pytest's thread, only during a call)",
+        "runner scope for tests: process (default, the loop runs in its own thread), "
+        "thread (the loop runs in pytest's thread, only during a call) or call (a new "
+        "loop for every call: no async generator fixtures)",
         default="process",
+    )
+    parser.addini(
+        "loopshim_scopes",
+        "runner scopes to run each test on, separated by commas or spaces (default: "
+        "loopshim_scope alone, and no scope in the test ids)",
+        default="",
     )
     parser.addini(
         "loopshim_loop_scope",
@@ -122,7 +160,10 @@ class Settings:
 
     mode: str
     backends: tuple[str, ...]
+    #: The scope of tests that are not parametrised over scopes.
     scope: str
+    #: The scopes to parametrise over (``--loopshim-scopes``); empty: none.
+    scopes: tuple[str, ...]
     loop_scope: str
     timeout: float | None
 
@@ -158,22 +199,33 @@ def _read_settings(config: pytest.Config) -> Settings:
                 f"loopshim backend; valid names: {', '.join(known)}.{did_you_mean(name, known)}"
             )
     scope = config.getini("loopshim_scope")
-    if scope not in RUNNER_SCOPES:
-        why = (
-            " ('call' starts a new loop for every call, so a fixture's loop-bound objects "
-            "would be dead by the time the test runs)"
-            if scope == "call"
-            else ""
-        )
+    _check_scopes("loopshim_scope", [scope], pytest.UsageError)
+    raw_scopes = config.getoption("loopshim_scopes")
+    if raw_scopes is None:
+        raw_scopes = config.getini("loopshim_scopes")
+    scopes = _split_names(raw_scopes)
+    if raw_scopes and not scopes:
         raise pytest.UsageError(
-            f"loopshim_scope must be one of {', '.join(RUNNER_SCOPES)}; got {scope!r}{why}"
+            f"--loopshim-scopes / loopshim_scopes is empty; valid scopes: {', '.join(SCOPES)}"
         )
+    _check_scopes("--loopshim-scopes / loopshim_scopes", scopes, pytest.UsageError)
     loop_scope = config.getini("loopshim_loop_scope")
     if loop_scope not in FIXTURE_SCOPES:
         raise pytest.UsageError(
             f"loopshim_loop_scope must be one of {', '.join(FIXTURE_SCOPES)}; got {loop_scope!r}"
         )
-    return Settings(mode, backends, scope, loop_scope, _read_timeout(config))
+    return Settings(mode, backends, scope, scopes, loop_scope, _read_timeout(config))
+
+
+def _check_scopes(where: str, scopes: Iterable[object], error: type[Exception]) -> None:
+    """Raise *error* if one of *scopes* (given in *where*) is not a runner scope."""
+    for scope in scopes:
+        if scope not in SCOPES:
+            hint = did_you_mean(scope, list(SCOPES)) if isinstance(scope, str) else ""
+            raise error(
+                f"{where}: {scope!r} is not a runner scope; the scopes are "
+                f"{', '.join(SCOPES)}.{hint}"
+            )
 
 
 def _known_backends() -> list[str]:
@@ -229,6 +281,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         f"{MARKER}: run this async test through a loopshim runner, once per backend "
         "(see the loop_backend fixture)",
+    )
+    config.addinivalue_line(
+        "markers",
+        f"{SCOPES_MARKER}(*scopes): run this test only in these runner scopes (see the "
+        "loop_scope fixture); on a loop_backend parameter, run that backend only in them",
     )
     settings = _read_settings(config)
     _check_asyncio_mode(config, settings)
@@ -306,31 +363,41 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         )
 
 
-# --- backend parametrisation -----------------------------------------------------------
+# --- backend and scope parametrisation -------------------------------------------------
 
 
-def _uses_default_backend_fixture(metafunc: pytest.Metafunc) -> bool:
-    # The last definition is the one in effect; a conftest override is the user's.
-    fixturedefs = metafunc._arg2fixturedefs.get("loop_backend")
+def _uses_default_fixture(metafunc: pytest.Metafunc, name: str) -> bool:
+    """Whether the fixture *name* in effect for this test is the plugin's (not a
+    conftest's override)."""
+    # The last definition is the one in effect.
+    fixturedefs = metafunc._arg2fixturedefs.get(name)
     if not fixturedefs:
         return False
     return getattr(fixturedefs[-1].func, "__module__", None) == __name__
 
 
-def _parametrized_by_mark(metafunc: pytest.Metafunc, loop_scope: str) -> bool:
+def _parametrized_by_mark(metafunc: pytest.Metafunc, name: str, loop_scope: str) -> bool:
+    """Whether the test parametrizes the fixture *name* itself.
+
+    Directly (not ``indirect``), the value bypasses the fixture, and pytest would reuse
+    a ``loop_runner`` made for an earlier test of the same loop scope, on another backend
+    or scope: that is refused unless every test has its own loop.
+    """
     for mark in metafunc.definition.iter_markers("parametrize"):
         argnames = mark.args[0] if mark.args else mark.kwargs.get("argnames", ())
         if isinstance(argnames, str):
-            argnames = [name.strip() for name in argnames.split(",")]
-        if "loop_backend" not in argnames:
+            argnames = [argname.strip() for argname in argnames.split(",")]
+        if name not in argnames:
             continue
-        scope = mark.kwargs.get("scope") or "function"
         indirect = mark.kwargs.get("indirect", False)
-        if not indirect and FIXTURE_SCOPES.index(scope) < FIXTURE_SCOPES.index(loop_scope):
+        if isinstance(indirect, (list, tuple)):
+            indirect = name in indirect
+        if not indirect and loop_scope != "function":
             pytest.fail(
-                f"{metafunc.definition.nodeid} parametrizes loop_backend with scope "
-                f"{scope!r}, narrower than the loop (loopshim_loop_scope = {loop_scope!r}); "
-                f'add scope="{loop_scope}" to the parametrize mark',
+                f"{metafunc.definition.nodeid} parametrizes {name} directly, so the "
+                "value would not reach loop_runner, which lives for a whole "
+                f"loopshim_loop_scope ({loop_scope!r}); add indirect=True to the "
+                "parametrize mark",
                 pytrace=False,
             )
         return True
@@ -349,9 +416,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "loop_backend" not in metafunc.fixturenames:
         return
     settings = _settings(metafunc.config)
-    if _parametrized_by_mark(metafunc, settings.loop_scope):
+    if _parametrized_by_mark(metafunc, "loop_backend", settings.loop_scope):
         return
-    if not _uses_default_backend_fixture(metafunc):
+    if not _uses_default_fixture(metafunc, "loop_backend"):
         return
     installed = _installed(metafunc.config)
     names = settings.backends or installed
@@ -361,6 +428,74 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         indirect=True,
         scope=settings.loop_scope,  # type: ignore[arg-type]
     )
+
+
+# After every other parametrisation, so that ids read backend, then scope, however the
+# backends are chosen (this plugin, a conftest's fixture or a parametrize mark).
+@pytest.hookimpl(trylast=True, specname="pytest_generate_tests")
+def pytest_generate_tests_scopes(metafunc: pytest.Metafunc) -> None:
+    """Parametrise ``loop_scope`` over ``--loopshim-scopes``, narrowed by the test's
+    ``loopshim_scopes`` marks."""
+    settings = _settings(metafunc.config)
+    if not settings.scopes or "loop_scope" not in metafunc.fixturenames:
+        return
+    if _parametrized_by_mark(metafunc, "loop_scope", settings.loop_scope):
+        return
+    if not _uses_default_fixture(metafunc, "loop_scope"):
+        return
+    where = metafunc.definition.nodeid
+    allowed = _allowed_scopes(metafunc.definition.iter_markers(SCOPES_MARKER), where)
+    metafunc.parametrize(
+        "loop_scope",
+        [pytest.param(scope, id=scope) for scope in settings.scopes if scope in allowed],
+        indirect=True,
+        scope=settings.loop_scope,  # type: ignore[arg-type]
+    )
+
+
+def _allowed_scopes(marks: Iterable[pytest.Mark], where: str) -> frozenset[str]:
+    """The scopes every ``loopshim_scopes`` mark in *marks* allows (all, without one)."""
+    allowed = frozenset(SCOPES)
+    for mark in marks:
+        if not mark.args or mark.kwargs:
+            raise pytest.UsageError(
+                f"@pytest.mark.{SCOPES_MARKER} on {where} takes the scopes as arguments, "
+                f'such as @pytest.mark.{SCOPES_MARKER}("process", "thread")'
+            )
+        _check_scopes(f"@pytest.mark.{SCOPES_MARKER} on {where}", mark.args, pytest.UsageError)
+        allowed &= frozenset(mark.args)
+    return allowed
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the tests whose scope a ``loopshim_scopes`` mark excludes.
+
+    The marks on a test are applied when it is parametrised; these are the marks that
+    come with a parameter (a backend variant that only differs in some scopes), and
+    tests that are not parametrised over scopes, which run in ``loopshim_scope``.
+    """
+    settings = config.stash.get(_settings_key, None)
+    if settings is None:
+        return
+    selected: list[pytest.Item] = []
+    deselected: list[pytest.Item] = []
+    for item in items:
+        marks = list(item.iter_markers(SCOPES_MARKER))
+        if marks and _scope_of(item, settings) not in _allowed_scopes(marks, item.nodeid):
+            deselected.append(item)
+        else:
+            selected.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
+
+
+def _scope_of(item: pytest.Item, settings: Settings) -> str:
+    """The runner scope *item* runs in, as far as collection can tell."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "loop_scope" in callspec.params:
+        return str(callspec.params["loop_scope"])
+    return settings.scope
 
 
 def _backend_spec(value: object) -> tuple[str, dict[str, Any]]:
@@ -400,22 +535,86 @@ def loop_backend(request: pytest.FixtureRequest) -> Any:
 
 
 @pytest.fixture(scope=_loop_scope)
-def loop_runner(loop_backend: object, request: pytest.FixtureRequest) -> Iterator[LoopRunner]:
-    """A private runner for ``loop_backend``, shared by the tests and async fixtures of one
-    ``loopshim_loop_scope`` (``module`` by default), and closed at its end.
+def loop_scope(request: pytest.FixtureRequest) -> str:
+    """The runner scope the current test runs in: ``"process"``, ``"thread"`` or ``"call"``.
 
-    Its scope is ``loopshim_scope`` (``process`` by default); its options are those
-    ``loop_backend`` gives.
+    ``loopshim_scope`` (``process`` by default), or, with ``--loopshim-scopes`` or the
+    ``loopshim_scopes`` ini option, parametrised over those scopes (test ids
+    ``test_x[asyncio-thread]``); ``@pytest.mark.loopshim_scopes("process")`` narrows a
+    test. Override it in a ``conftest.py`` like ``loop_backend``, with the scope of
+    ``loopshim_loop_scope``::
+
+        @pytest.fixture(scope="module", params=["process", "thread"])
+        def loop_scope(request):
+            return request.param
 
     .. versionadded:: 0.1
     """
-    settings = _settings(request.config)
-    name, options = _backend_spec(loop_backend)
-    runner = get_runner(name, scope=settings.scope, cached=False, **options)
+    param = getattr(request, "param", None)
+    return str(param) if param is not None else _settings(request.config).scope
+
+
+@pytest.fixture(scope=_loop_scope)
+def loop_runner(
+    loop_backend: object, loop_scope: object, request: pytest.FixtureRequest
+) -> Iterator[LoopRunner]:
+    """A private runner for ``loop_backend`` in scope ``loop_scope``, shared by the tests
+    and async fixtures of one ``loopshim_loop_scope`` (``module`` by default), and
+    closed at its end. Its options are those ``loop_backend`` gives.
+
+    In scope ``call`` every call gets a new loop: async tests and ``async def`` fixtures
+    run (each on a loop of its own), async generator fixtures are refused, since their
+    task would have to outlive the call that set them up.
+
+    .. versionadded:: 0.1
+    """
+    runner = _make_runner(request.config, loop_backend, loop_scope, {})
     try:
         yield runner
     finally:
         runner.close()
+
+
+@pytest.fixture
+def loop_runner_factory(
+    loop_backend: object, loop_scope: object, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., LoopRunner]]:
+    """Make private runners for ``loop_backend`` in scope ``loop_scope``, with options of
+    your own on top of those ``loop_backend`` gives; they are closed after the test::
+
+        def test_slow_call(loop_runner_factory):
+            with loop_runner_factory(timeout=0.1) as runner:
+                with pytest.raises(TimeoutError):
+                    runner.run(anyio.sleep, 1)
+
+    .. versionadded:: 0.1
+    """
+    made: list[LoopRunner] = []
+
+    def make(**options: Any) -> LoopRunner:
+        runner = _make_runner(request.config, loop_backend, loop_scope, options)
+        made.append(runner)
+        return runner
+
+    try:
+        yield make
+    finally:
+        for runner in reversed(made):
+            runner.close()
+
+
+def _make_runner(
+    config: pytest.Config, backend: object, scope: object, extra: Mapping[str, Any]
+) -> LoopRunner:
+    """A private runner for the ``loop_backend`` value *backend* in the ``loop_scope``
+    value *scope*; the test is skipped if *backend* is a built-in backend whose library
+    is not installed."""
+    name, options = _backend_spec(backend)
+    _check_scopes("loop_scope", [scope], UsageError)
+    builtin = BUILTIN_BACKENDS.get(name)
+    if builtin is not None and name not in _installed(config):
+        pytest.skip(f"backend {name!r} is not installed: {builtin.install_command}")
+    return get_runner(name, scope=str(scope), cached=False, **{**options, **extra})
 
 
 @pytest.fixture
@@ -592,7 +791,7 @@ def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Any
     func = fixturedef.func
     if not _is_async_fixture(func) or "loop_runner" not in request.fixturenames:
         return (yield)
-    refusal = _scope_refusal(fixturedef, _settings(request.config).loop_scope)
+    refusal = _refusal(fixturedef, request)
     if refusal is not None:
         # Fail inside the fixture function, not in this hook: pytest then records the
         # failure as the fixture's result, for this test and every later one that asks
@@ -619,8 +818,9 @@ def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Any
         fixturedef.argnames = original_argnames
 
 
-def _scope_refusal(fixturedef: Any, loop_scope: str) -> str | None:
+def _refusal(fixturedef: Any, request: pytest.FixtureRequest) -> str | None:
     """Why an async fixture cannot run on the test's loop, or None if it can."""
+    loop_scope = _settings(request.config).loop_scope
     scope = str(fixturedef.scope)
     if FIXTURE_SCOPES.index(scope) > FIXTURE_SCOPES.index(loop_scope):
         return (
@@ -628,6 +828,17 @@ def _scope_refusal(fixturedef: Any, loop_scope: str) -> str | None:
             f"loop it would run on (loopshim_loop_scope = {loop_scope!r}). Set "
             f"loopshim_loop_scope = {scope} in your pytest configuration, or give the "
             "fixture a narrower scope"
+        )
+    if (
+        inspect.isasyncgenfunction(fixturedef.func)
+        and request.getfixturevalue("loop_scope") == "call"
+    ):
+        return (
+            f"async generator fixture {fixturedef.argname!r} needs a loop that outlives a "
+            "call, from its setup to its teardown, and runner scope 'call' starts a new "
+            "loop for every call. Run the test in scope process or thread (for instance "
+            f'@pytest.mark.{SCOPES_MARKER}("process", "thread")), or make the fixture an '
+            "async def that returns its value"
         )
     return None
 
