@@ -51,7 +51,7 @@ from collections.abc import (
     Iterator,
     Mapping,
 )
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 import pytest
 
@@ -70,6 +70,7 @@ from ._errors import UsageError
 from ._options import SCOPES, did_you_mean, is_seconds
 
 __all__ = [
+    "LoopRunnerFactory",
     "Settings",
     "loop_app",
     "loop_backend",
@@ -199,7 +200,7 @@ def _read_settings(config: pytest.Config) -> Settings:
                 f"loopshim backend; valid names: {', '.join(known)}.{did_you_mean(name, known)}"
             )
     scope = config.getini("loopshim_scope")
-    _check_scopes("loopshim_scope", [scope], pytest.UsageError)
+    _check_scopes("loopshim_scope", [scope])
     raw_scopes = config.getoption("loopshim_scopes")
     if raw_scopes is None:
         raw_scopes = config.getini("loopshim_scopes")
@@ -208,7 +209,7 @@ def _read_settings(config: pytest.Config) -> Settings:
         raise pytest.UsageError(
             f"--loopshim-scopes / loopshim_scopes is empty; valid scopes: {', '.join(SCOPES)}"
         )
-    _check_scopes("--loopshim-scopes / loopshim_scopes", scopes, pytest.UsageError)
+    _check_scopes("--loopshim-scopes / loopshim_scopes", scopes)
     loop_scope = config.getini("loopshim_loop_scope")
     if loop_scope not in FIXTURE_SCOPES:
         raise pytest.UsageError(
@@ -217,15 +218,17 @@ def _read_settings(config: pytest.Config) -> Settings:
     return Settings(mode, backends, scope, scopes, loop_scope, _read_timeout(config))
 
 
-def _check_scopes(where: str, scopes: Iterable[object], error: type[Exception]) -> None:
-    """Raise *error* if one of *scopes* (given in *where*) is not a runner scope."""
+def _check_scopes(where: str, scopes: Iterable[object]) -> None:
+    """Raise :class:`pytest.UsageError` if one of *scopes* (given in *where*) is not a
+    runner scope."""
     for scope in scopes:
         if scope not in SCOPES:
-            hint = did_you_mean(scope, list(SCOPES)) if isinstance(scope, str) else ""
-            raise error(
-                f"{where}: {scope!r} is not a runner scope; the scopes are "
-                f"{', '.join(SCOPES)}.{hint}"
-            )
+            raise pytest.UsageError(_not_a_scope(where, scope))
+
+
+def _not_a_scope(where: str, scope: object) -> str:
+    hint = did_you_mean(scope, list(SCOPES)) if isinstance(scope, str) else ""
+    return f"{where}: {scope!r} is not a runner scope; the scopes are {', '.join(SCOPES)}.{hint}"
 
 
 def _known_backends() -> list[str]:
@@ -462,7 +465,7 @@ def _allowed_scopes(marks: Iterable[pytest.Mark], where: str) -> frozenset[str]:
                 f"@pytest.mark.{SCOPES_MARKER} on {where} takes the scopes as arguments, "
                 f'such as @pytest.mark.{SCOPES_MARKER}("process", "thread")'
             )
-        _check_scopes(f"@pytest.mark.{SCOPES_MARKER} on {where}", mark.args, pytest.UsageError)
+        _check_scopes(f"@pytest.mark.{SCOPES_MARKER} on {where}", mark.args)
         allowed &= frozenset(mark.args)
     return allowed
 
@@ -575,10 +578,22 @@ def loop_runner(
         runner.close()
 
 
+class LoopRunnerFactory(Protocol):
+    """The type of the ``loop_runner_factory`` fixture, for type hints.
+
+    .. versionadded:: 0.1
+    """
+
+    def __call__(self, **options: Any) -> LoopRunner:
+        """A private runner for the test's backend and scope, with *options* on top of
+        those ``loop_backend`` gives; closed after the test."""
+        ...
+
+
 @pytest.fixture
 def loop_runner_factory(
     loop_backend: object, loop_scope: object, request: pytest.FixtureRequest
-) -> Iterator[Callable[..., LoopRunner]]:
+) -> Iterator[LoopRunnerFactory]:
     """Make private runners for ``loop_backend`` in scope ``loop_scope``, with options of
     your own on top of those ``loop_backend`` gives; they are closed after the test::
 
@@ -610,7 +625,8 @@ def _make_runner(
     value *scope*; the test is skipped if *backend* is a built-in backend whose library
     is not installed."""
     name, options = _backend_spec(backend)
-    _check_scopes("loop_scope", [scope], UsageError)
+    if scope not in SCOPES:
+        raise UsageError(_not_a_scope("loop_scope", scope))
     builtin = BUILTIN_BACKENDS.get(name)
     if builtin is not None and name not in _installed(config):
         pytest.skip(f"backend {name!r} is not installed: {builtin.install_command}")

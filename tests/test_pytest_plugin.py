@@ -443,6 +443,31 @@ def test_bad_loop_backend_override(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*loop_backend must give a backend name such as 'trio'*got 3*"])
 
 
+def test_bad_loop_scope_override(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest("""
+        import pytest
+
+        @pytest.fixture(scope="module")
+        def loop_scope():
+            return "proces"
+    """)
+    make(
+        pytester,
+        """
+        import pytest
+
+        @pytest.mark.loopshim
+        async def test_x():
+            pass
+    """,
+    )
+    result = pytester.runpytest("--loopshim-backends=asyncio")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["*loop_scope: 'proces' is not a runner scope; the scopes are process, thread, call.*"]
+    )
+
+
 def test_direct_parametrisation_wins(pytester: pytest.Pytester) -> None:
     make(
         pytester,
