@@ -392,7 +392,7 @@ def _parametrized_by_mark(metafunc: pytest.Metafunc, name: str, loop_scope: str)
             argnames = [argname.strip() for argname in argnames.split(",")]
         if name not in argnames:
             continue
-        indirect = mark.kwargs.get("indirect", False)
+        indirect = mark.kwargs.get("indirect", mark.args[2] if len(mark.args) > 2 else False)
         if isinstance(indirect, (list, tuple)):
             indirect = name in indirect
         if not indirect and loop_scope != "function":
@@ -440,11 +440,11 @@ def pytest_generate_tests_scopes(metafunc: pytest.Metafunc) -> None:
     """Parametrise ``loop_scope`` over ``--loopshim-scopes``, narrowed by the test's
     ``loopshim_scopes`` marks."""
     settings = _settings(metafunc.config)
-    if not settings.scopes or "loop_scope" not in metafunc.fixturenames:
+    if "loop_scope" not in metafunc.fixturenames:
         return
     if _parametrized_by_mark(metafunc, "loop_scope", settings.loop_scope):
         return
-    if not _uses_default_fixture(metafunc, "loop_scope"):
+    if not settings.scopes or not _uses_default_fixture(metafunc, "loop_scope"):
         return
     where = metafunc.definition.nodeid
     allowed = _allowed_scopes(metafunc.definition.iter_markers(SCOPES_MARKER), where)
