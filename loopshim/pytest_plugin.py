@@ -532,6 +532,10 @@ def loop_backend(request: pytest.FixtureRequest) -> Any:
         def loop_backend(request):
             return request.param
 
+    A parameter marked ``pytest.mark.loopshim_scopes("thread")`` runs in those scopes
+    only. One test picks its own with
+    ``@pytest.mark.parametrize("loop_backend", ["trio"], indirect=True)``.
+
     .. versionadded:: 0.1
     """
     return getattr(request, "param", None) or default_backend()[0]
