@@ -94,6 +94,8 @@ PROTOCOL_RAISES = {
     ("flask.py", "__delete__"): "AttributeError",
     ("flask.py", "_state"): "AttributeError",  # read through __get__
     ("__main__.py", "<module>"): "SystemExit",  # the exit status of python -m loopshim
+    # loopshim_timeout, like the runners' timeout option: the builtin (DESIGN.md).
+    ("pytest_plugin.py", "_call"): "TimeoutError",
 }
 
 
