@@ -102,12 +102,24 @@ class Library(abc.ABC):
         """Start ``fn()`` as a task of its own on the running loop, in *context*;
         return what cancels it."""
 
+    async def call_in_task(self, job: Job[Any]) -> None:
+        """Run *job* in the current task (:meth:`within_timeout`), store ``job.result``
+        or ``job.error`` (any exception), and end with ``job.complete(None)``."""
+        try:
+            if job.timeout is None:
+                job.result = await job.awaitable()
+            else:
+                job.result = await self.within_timeout(job)
+        except BaseException as exc:
+            job.error = exc
+        finally:
+            job.complete(None)
+
     @abc.abstractmethod
-    def call_in_task(self, job: Job[Any]) -> Awaitable[None]:
-        """Run *job* in the current task: await ``job.awaitable()`` with the job's
-        timeout (cancelling with the library's own cancellation, and then storing the
-        job's ``cancelled_error``), store ``job.result`` or ``job.error`` (any
-        exception), and end with ``job.complete(None)``. (A coroutine function.)"""
+    def within_timeout(self, job: Job[Any]) -> Awaitable[Any]:
+        """Await ``job.awaitable()`` in the current task, cancelled with the library's
+        own cancellation after ``job.timeout`` seconds, and then raise the job's
+        ``cancelled_error``. (A coroutine function.)"""
 
     @abc.abstractmethod
     def waiter(

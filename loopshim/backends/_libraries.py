@@ -52,16 +52,8 @@ class AsyncioLibrary(Library):
         task = context.run(loop.create_task, _await(fn), name=name)
         return task.cancel
 
-    async def call_in_task(self, job: Job[Any]) -> None:
-        try:
-            if job.timeout is None:
-                job.result = await job.awaitable()
-            else:
-                job.result = await _with_timeout(job)
-        except BaseException as exc:
-            job.error = exc
-        finally:
-            job.complete(None)
+    async def within_timeout(self, job: Job[Any]) -> Any:
+        return await _with_timeout(job)
 
     def waiter(
         self,
@@ -191,21 +183,13 @@ class TrioLibrary(Library):
         trio.lowlevel.spawn_system_task(in_scope, context=context, name=name)
         return scope.cancel
 
-    async def call_in_task(self, job: Job[Any]) -> None:
+    async def within_timeout(self, job: Job[Any]) -> Any:
         import trio
 
-        try:
-            if job.timeout is None:
-                job.result = await job.awaitable()
-            else:
-                with trio.move_on_after(job.timeout) as scope:
-                    job.result = await job.awaitable()
-                if scope.cancelled_caught:
-                    job.error = job.cancelled_error(None)
-        except BaseException as exc:
-            job.error = exc
-        finally:
-            job.complete(None)
+        assert job.timeout is not None
+        with trio.move_on_after(job.timeout):
+            return await job.awaitable()
+        raise job.cancelled_error(None)  # reached only when the deadline cancelled it
 
     def waiter(
         self,
