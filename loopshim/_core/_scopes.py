@@ -85,11 +85,9 @@ class RunnerScope(abc.ABC):
         self.closed = False
         #: Where close() was called, for RunnerClosed's message.
         self.closed_at = ""
-
-    @property
-    def owner(self) -> RunnerScope | None:
-        """The bridge owner of this runner's calls: itself with ``reentrant=True``."""
-        return self if self.options.reentrant else None
+        #: The bridge owner of this runner's calls: itself with ``reentrant=True``
+        #: (an attribute, not a property: it is read on every call).
+        self.owner: RunnerScope | None = self if options.reentrant else None
 
     @abc.abstractmethod
     def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
