@@ -104,7 +104,8 @@ class RunnerScope(abc.ABC):
         """A call from sync code that one of this runner's bridged coroutines called:
         the coroutine's own task awaits the inner one, and the loop serves the others
         meanwhile."""
-        job = new_job(fn, args, kwargs, self.options.timeout, None, self)
+        # Not bridged itself: hand_over steps it in this bridge greenlet already.
+        job = new_job(fn, args, kwargs, self.options.timeout, None, None)
         hand_over(library.call_in_task(job))
         return job.outcome()
 
