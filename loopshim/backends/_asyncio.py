@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import inspect
 import sys
 import threading
 import time
@@ -68,6 +69,23 @@ async def _execute(job: Job[Any], jobs: set[Job[Any]] | None) -> None:
 
 def _start(loop: asyncio.AbstractEventLoop, job: Job[Any], jobs: set[Job[Any]] | None) -> None:
     job.handle = job.context.run(loop.create_task, _execute(job, jobs))
+
+
+def _cancel(job: Job[Any], reason: CancelReason, jobs: set[Job[Any]] | None) -> None:
+    """Cancel *job* (on its loop). A task cancelled before its first step never runs
+    its coroutine, whose ``finally`` is what completes the job: complete it here."""
+    if job.done:
+        return
+    task = job.handle
+    unstarted = (
+        task is not None
+        and not task.done()
+        and inspect.getcoroutinestate(task.get_coro()) == inspect.CORO_CREATED
+    )
+    job.cancel(reason)
+    if unstarted:
+        job.error = job.cancelled_error(asyncio.CancelledError())
+        job.context.run(job.complete, jobs)
 
 
 def _start_eagerly(
@@ -304,7 +322,7 @@ class AsyncioLoopThread(LoopThread):
     def cancel(self, job: Job[Any], reason: CancelReason) -> None:
         assert self._loop is not None
         with contextlib.suppress(RuntimeError):  # a closed loop took its jobs with it
-            self._loop.call_soon_threadsafe(job.cancel, reason)
+            self._loop.call_soon_threadsafe(_cancel, job, reason, self._jobs)
 
     def request_shutdown(self, grace: float) -> None:
         assert self._loop is not None
