@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import inspect
 import sys
 import threading
@@ -31,7 +32,9 @@ from .._core import (
 )
 from .._errors import RunnerClosed
 from .._options import CommonOptions, Validator, callable_or_none
+from . import _interrupts
 from ._asyncio_direct import Driver, can_drive, start_eagerly
+from ._interrupts import InterruptGuard
 from ._libraries import ASYNCIO, abandon
 
 __all__ = [
@@ -86,6 +89,21 @@ def _cancel(job: Job[Any], reason: CancelReason, jobs: set[Job[Any]] | None) -> 
     if unstarted:
         job.error = job.cancelled_error(asyncio.CancelledError())
         job.context.run(job.complete, jobs)
+
+
+def _interrupt(job: Job[Any], guard: InterruptGuard) -> None:
+    """On the loop, after Ctrl-C (see ``_interrupts``): cancel the call, or once Ctrl-C
+    came again, stop waiting for it by raising from this callback — which stops
+    ``run_until_complete`` and loopshim's own driving cleanly."""
+    if job.done or not guard.driving:  # scheduled by a call that is over
+        return
+    if guard.abandon:
+        raise guard.take()
+    _cancel(job, CancelReason.INTERRUPTED, None)
+
+
+def _in_task(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> Callable[[], bool]:
+    return lambda: asyncio.current_task(loop) is task
 
 
 def _start_eagerly(
@@ -191,33 +209,81 @@ class AsyncioDrivenLoop(DrivenLoop):
     """A loop driven in the calling thread, one call at a time, with
     ``run_until_complete``."""
 
-    def __init__(self, name: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, name: str, loop: asyncio.AbstractEventLoop, main_thread: bool) -> None:
         super().__init__()
         self._name = name
         self._loop = loop
         self._state = LoopState(ASYNCIO)
         self._state.attach(loop)
+        #: Driven by the main thread, where Ctrl-C lands (see ``_interrupts``).
+        self._main_thread = main_thread
 
     def run_job(self, job: Job[Any]) -> None:
+        guard = _interrupts.guard() if self._main_thread else None
+        if guard is None:
+            self._run(job, None)
+            return
+        try:
+            self._run(job, guard)
+        finally:
+            guard.release()
+
+    def _run(self, job: Job[Any], guard: InterruptGuard | None) -> None:
         loop = self._loop
         _start(loop, job, None)
+        task = job.handle
+        if guard is not None:
+            guard.arm(
+                functools.partial(loop.call_soon_threadsafe, _interrupt, job, guard),
+                _in_task(loop, task),
+            )
         try:
-            loop.run_until_complete(job.handle)
+            loop.run_until_complete(task)
         except BaseException:
-            # Interrupted outside the coroutine (a signal handler raised while the loop
-            # was waiting): cancel the coroutine and let it unwind before re-raising.
-            if not job.done:
+            if loop.is_running():
+                # Interrupted while the loop set up or tore down its run (uvloop, under
+                # a SIGINT handler of the program's own): it stays "running" for good.
+                self._give_up()
+            elif not job.done and not (guard is not None and guard.abandon):
+                # Interrupted outside the coroutine (a signal handler raised while the
+                # loop was waiting): cancel the coroutine and let it unwind.
                 job.cancel_reason = CancelReason.INTERRUPTED
-                job.handle.cancel()
-                loop.run_until_complete(job.handle)
+                task.cancel()
+                # A task that ended by raising KeyboardInterrupt never stops the loop.
+                if not task.done():
+                    loop.run_until_complete(task)
             raise
+        finally:
+            if guard is not None:
+                guard.disarm()
+
+    def _give_up(self) -> None:
+        """Abandon the loop, stuck in its run; close what it lets us close."""
+        self.broken = True
+        loop = self._loop
+        self._state.detach()
+        abandon(asyncio.all_tasks(loop))
+        executor = _own_executors.pop(id(loop), None)
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+        logger.warning(
+            "an interrupt left the %s loop running outside its run: it was replaced, and "
+            "its loop_local values and file descriptors could not be closed",
+            self._name,
+        )
 
     def close(self) -> None:
+        if self.broken:
+            return
+        # Ctrl-C while the loop closes takes effect once it is closed (closing is bounded).
+        guard = _interrupts.guard()
         try:
             self._loop.run_until_complete(_finalize(self._name, self._state, 0))
         finally:
             self._state.detach()
             self._loop.close()
+            if guard is not None:
+                guard.release()
 
 
 class DirectlyDrivenLoop(AsyncioDrivenLoop):
@@ -225,35 +291,43 @@ class DirectlyDrivenLoop(AsyncioDrivenLoop):
     ``run_until_complete``: a call that never waits costs one pass over the ready
     callbacks; one that waits runs full loop iterations (I/O, timers) until it is done."""
 
-    def __init__(self, name: str, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(name, loop)
+    def __init__(self, name: str, loop: asyncio.AbstractEventLoop, main_thread: bool) -> None:
+        super().__init__(name, loop, main_thread)
         self._driver = Driver(loop)
 
-    def run_job(self, job: Job[Any]) -> None:
+    def _run(self, job: Job[Any], guard: InterruptGuard | None) -> None:
         driver = self._driver
         outer = driver.enter()
         try:
-            job.handle = driver.new_task(_execute(job, None), job.context)
+            task = job.handle = driver.new_task(_execute(job, None), job.context)
+            if guard is not None:
+                guard.arm(
+                    functools.partial(self._loop.call_soon_threadsafe, _interrupt, job, guard),
+                    _in_task(self._loop, task),
+                )
             try:
                 driver.run_until(lambda: job.done)
             except BaseException:
-                if not job.done:
+                if not job.done and not (guard is not None and guard.abandon):
                     job.cancel_reason = CancelReason.INTERRUPTED
-                    job.handle.cancel()
-                    driver.unwind(lambda: job.done)
+                    task.cancel()
+                    driver.unwind(lambda: job.done or task.done())
                 raise
         finally:
+            if guard is not None:
+                guard.disarm()
             driver.leave(outer)
 
 
 def open_driven_loop(name: str, factory: LoopFactory, options: CommonOptions) -> AsyncioDrivenLoop:
-    """A new loop from *factory*, driven directly when it can be (never in debug mode,
-    where ``run_until_complete`` times slow callbacks)."""
+    """A new loop from *factory*, to be driven by the calling thread: directly when it
+    can be (never in debug mode, where ``run_until_complete`` times slow callbacks)."""
     loop = _new_loop(factory)
     loop.set_debug(options.debug)
+    main_thread = threading.current_thread() is threading.main_thread()
     if not options.debug and can_drive(loop):
-        return DirectlyDrivenLoop(name, loop)
-    return AsyncioDrivenLoop(name, loop)
+        return DirectlyDrivenLoop(name, loop, main_thread)
+    return AsyncioDrivenLoop(name, loop, main_thread)
 
 
 class AsyncioLoopThread(LoopThread):
@@ -354,11 +428,17 @@ class AsyncioBackend(Backend):
         return open_driven_loop(self.name, self._factory, options)
 
     def run_fresh(self, job: Job[Any], options: CommonOptions) -> None:
-        loop = open_driven_loop(self.name, self._factory, options)
+        # One guard over the loop's whole life: Ctrl-C while it opens or closes too.
+        guard = _interrupts.guard()
         try:
-            loop.run_job(job)
+            loop = open_driven_loop(self.name, self._factory, options)
+            try:
+                loop.run_job(job)
+            finally:
+                loop.close()
         finally:
-            loop.close()
+            if guard is not None:
+                guard.release()
 
     def loop_thread(self, options: CommonOptions) -> LoopThread:
         # Eager start pays off on the standard loop; uvloop's task start is already cheap.

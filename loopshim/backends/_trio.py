@@ -30,7 +30,8 @@ from .._core import (
 )
 from .._errors import OptionError, RunnerClosed
 from .._options import CommonOptions
-from . import _trio_driver
+from . import _interrupts, _trio_driver
+from ._interrupts import InterruptGuard
 from ._libraries import TRIO
 
 __all__ = [
@@ -146,25 +147,47 @@ class FreshRunLoop(DrivenLoop):
         self._options = options
 
     def run_job(self, job: Job[Any]) -> None:
-        run = functools.partial(
-            trio.run, _run_and_close, job, instruments=instruments(self._options)
-        )
-        contextvars.Context().run(run)  # see _run_and_close
+        contextvars.Context().run(run_fresh, job, self._options)  # see _run_and_close
 
     def close(self) -> None:
         pass  # each call's run closed itself
 
 
-async def _run_and_close(job: Job[Any]) -> None:
+def run_fresh(job: Job[Any], options: CommonOptions) -> None:
+    """Run *job* in a ``trio.run`` of its own. In the main thread, Ctrl-C goes through
+    loopshim's guard (see ``_interrupts``) instead of trio's own handler, which comes
+    too late to cover the run's set-up: interrupted there, the run's file descriptors
+    leak."""
+    guard = _interrupts.guard()
+    if guard is None:
+        trio.run(_run_and_close, job, None, instruments=instruments(options))
+        return
+    try:
+        trio.run(_run_and_close, job, guard, instruments=instruments(options))
+    finally:
+        guard.release()
+
+
+async def _run_and_close(job: Job[Any], guard: InterruptGuard | None) -> None:
     # trio.run has no context argument: it runs in an empty context (see _CallScope),
     # and the job's variables are set here, in the main task's own copy.
     for var, value in job.context.items():
         var.set(value)
     state = LoopState(TRIO)
-    state.attach(trio.lowlevel.current_trio_token())
+    token = trio.lowlevel.current_trio_token()
+    state.attach(token)
     try:
-        await _execute_unscoped(job)
+        if guard is None:
+            await _execute_unscoped(job)
+        else:
+            guard.arm(
+                functools.partial(token.run_sync_soon, _trio_driver.interrupt_call, job, guard),
+                functools.partial(_trio_driver.in_task, trio.lowlevel.current_task()),
+            )
+            await _execute(job)
     finally:
+        if guard is not None:
+            guard.disarm()
         if state:
             with trio.CancelScope(shield=True):
                 await state.aclose()
@@ -262,11 +285,13 @@ class TrioBackend(Backend):
             # A thread-scope loop is driven only by the thread that opens it.
             interruptible = threading.current_thread() is threading.main_thread()
             execute = _execute if interruptible else _execute_unscoped
-            return _trio_driver.TrioDrivenLoop(execute, instruments(options))
+            return _trio_driver.TrioDrivenLoop(
+                execute, instruments(options), main_thread=interruptible
+            )
         return FreshRunLoop(options)
 
     def run_fresh(self, job: Job[Any], options: CommonOptions) -> None:
-        trio.run(_run_and_close, job, instruments=instruments(options))
+        run_fresh(job, options)
 
     def loop_thread(self, options: CommonOptions) -> LoopThread:
         if threading_patched():  # trio was imported before gevent patched (--preload)
