@@ -18,6 +18,8 @@ import anyio
 import pytest
 from conftest import BackendCase, make_runner, only_scopes
 
+import loopshim
+
 #: Sends SIGINT to the main thread at a random moment of a burst of short calls, many
 #: times over, and reports what came out of each burst.
 _AT_RANDOM_MOMENTS = textwrap.dedent(
@@ -29,18 +31,22 @@ _AT_RANDOM_MOMENTS = textwrap.dedent(
     faulthandler.dump_traceback_later(float(budget) + 30, exit=True)  # a hang fails loudly
     random.seed(int(seed))
     handled = []
-    if handler == "own":  # the program's own handler, which raises an exception of its own
-        class Stop(Exception):
+    sent = signal.SIGINT
+    if handler == "default":
+        Interrupt = KeyboardInterrupt
+    else:
+        # The program's own handler, which raises an exception of its own: for SIGINT,
+        # or for another signal, which loopshim does not guard (a server's SIGQUIT).
+        class Stop(Exception if handler == "own" else SystemExit):
             pass
 
         def own(signum, frame):
             handled.append(signum)
             raise Stop("stop")
 
-        signal.signal(signal.SIGINT, own)
+        sent = signal.SIGINT if handler == "own" else signal.SIGUSR1
+        signal.signal(sent, own)
         Interrupt = Stop
-    else:
-        Interrupt = KeyboardInterrupt
     runner = loopshim.get_runner(backend, scope=scope, cached=False, **json.loads(options))
 
     async def noop():
@@ -61,7 +67,7 @@ _AT_RANDOM_MOMENTS = textwrap.dedent(
     deadline = time.monotonic() + float(budget)
     while time.monotonic() < deadline:
         timer = threading.Timer(
-            random.uniform(0.0002, 0.003), signal.pthread_kill, (main, signal.SIGINT)
+            random.uniform(0.0002, 0.003), signal.pthread_kill, (main, sent)
         )
         try:
             timer.start()
@@ -94,7 +100,7 @@ _AT_RANDOM_MOMENTS = textwrap.dedent(
                 "unusable": unusable[:5],
                 "fds": [before, after],
                 "handled": len(handled),
-                "handler": repr(signal.getsignal(signal.SIGINT)),
+                "handler": repr(signal.getsignal(sent)),
             }
         )
     )
@@ -144,6 +150,17 @@ def test_ctrl_c_at_any_moment_with_the_programs_own_handler(case: BackendCase, s
     outcomes = report["outcomes"]
     assert report["handled"] == sum(outcomes.values()) - outcomes.get("none during the calls", 0)
     assert "own" in report["handler"]
+
+
+def test_a_uvloop_loop_left_running_by_an_interrupt_is_replaced() -> None:
+    # Another signal's handler that raises (not guarded: only SIGINT is) can still land
+    # while uvloop sets up or tears down its run, which leaves the loop "already
+    # running" for good: the runner notices, and the next call gets a new loop.
+    pytest.importorskip("uvloop")
+    args = ("uvloop", "thread", "{}", "3", "14", "other")
+    report = _run(_AT_RANDOM_MOMENTS, *args, timeout=90)
+    assert report["outcomes"]["interrupted"] >= 20, report
+    assert report["unusable"] == [], report
 
 
 #: Ctrl-C twice while a call ignores cancellation — it goes on awaiting, or it is stuck
@@ -231,3 +248,22 @@ def test_a_background_task_cancelled_before_its_first_step_ends(
     assert time.monotonic() - started < 5
     assert all(future.cancelled() for future in futures)
     assert "ignored cancellation" not in caplog.text
+
+
+def test_a_guard_left_installed_behaves_as_the_programs_handler() -> None:
+    # An exception from another signal's handler can land between installing the guard
+    # and activating it, or between deactivating and removing it: the guard left behind
+    # must neither swallow Ctrl-C between calls nor stay in place after the next call.
+    from loopshim.backends import _interrupts
+
+    previous = signal.getsignal(signal.SIGINT)
+    runner = loopshim.get_runner("asyncio", scope="thread", cached=False)
+    try:
+        assert _interrupts.guard() is not None
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+        assert runner.run(anyio.sleep, 0) is None
+        assert signal.getsignal(signal.SIGINT) is previous
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        runner.close()

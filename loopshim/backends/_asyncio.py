@@ -221,14 +221,17 @@ class AsyncioDrivenLoop(DrivenLoop):
     def run_job(self, job: Job[Any]) -> None:
         guard = _interrupts.guard() if self._main_thread else None
         if guard is None:
-            self._run(job, None)
+            self.run_guarded(job, None)
             return
         try:
-            self._run(job, guard)
+            guard.active = True
+            self.run_guarded(job, guard)
         finally:
+            guard.active = False
             guard.release()
 
-    def _run(self, job: Job[Any], guard: InterruptGuard | None) -> None:
+    def run_guarded(self, job: Job[Any], guard: InterruptGuard | None) -> None:
+        """:meth:`run_job`, under *guard* if it is not None."""
         loop = self._loop
         _start(loop, job, None)
         task = job.handle
@@ -241,8 +244,8 @@ class AsyncioDrivenLoop(DrivenLoop):
             loop.run_until_complete(task)
         except BaseException:
             if loop.is_running():
-                # Interrupted while the loop set up or tore down its run (uvloop, under
-                # a SIGINT handler of the program's own): it stays "running" for good.
+                # Interrupted while the loop set up or tore down its run (uvloop, by
+                # another signal's handler that raised): it stays "running" for good.
                 self._give_up()
             elif not job.done and not (guard is not None and guard.abandon):
                 # Interrupted outside the coroutine (a signal handler raised while the
@@ -273,17 +276,27 @@ class AsyncioDrivenLoop(DrivenLoop):
         )
 
     def close(self) -> None:
-        if self.broken:
-            return
         # Ctrl-C while the loop closes takes effect once it is closed (closing is bounded).
         guard = _interrupts.guard()
+        if guard is None:
+            self.close_guarded()
+            return
+        try:
+            guard.active = True
+            self.close_guarded()
+        finally:
+            guard.active = False
+            guard.release()
+
+    def close_guarded(self) -> None:
+        """:meth:`close`, inside the guard of whoever calls it."""
+        if self.broken:
+            return
         try:
             self._loop.run_until_complete(_finalize(self._name, self._state, 0))
         finally:
             self._state.detach()
             self._loop.close()
-            if guard is not None:
-                guard.release()
 
 
 class DirectlyDrivenLoop(AsyncioDrivenLoop):
@@ -295,7 +308,7 @@ class DirectlyDrivenLoop(AsyncioDrivenLoop):
         super().__init__(name, loop, main_thread)
         self._driver = Driver(loop)
 
-    def _run(self, job: Job[Any], guard: InterruptGuard | None) -> None:
+    def run_guarded(self, job: Job[Any], guard: InterruptGuard | None) -> None:
         driver = self._driver
         outer = driver.enter()
         try:
@@ -430,15 +443,24 @@ class AsyncioBackend(Backend):
     def run_fresh(self, job: Job[Any], options: CommonOptions) -> None:
         # One guard over the loop's whole life: Ctrl-C while it opens or closes too.
         guard = _interrupts.guard()
+        if guard is None:
+            self._run_fresh(job, options, None)
+            return
         try:
-            loop = open_driven_loop(self.name, self._factory, options)
-            try:
-                loop.run_job(job)
-            finally:
-                loop.close()
+            guard.active = True
+            self._run_fresh(job, options, guard)
         finally:
-            if guard is not None:
-                guard.release()
+            guard.active = False
+            guard.release()
+
+    def _run_fresh(
+        self, job: Job[Any], options: CommonOptions, guard: InterruptGuard | None
+    ) -> None:
+        loop = open_driven_loop(self.name, self._factory, options)
+        try:
+            loop.run_guarded(job, guard)
+        finally:
+            loop.close_guarded()
 
     def loop_thread(self, options: CommonOptions) -> LoopThread:
         # Eager start pays off on the standard loop; uvloop's task start is already cheap.

@@ -49,10 +49,15 @@ class InterruptGuard:
     handler (Python's default raises ``KeyboardInterrupt``) and keeps what that raises
     out of the loop's machinery."""
 
-    __slots__ = ("_depth", "_handler", "abandon", "in_call", "on_interrupt", "pending", "raised")
+    __slots__ = ("_handler", "abandon", "active", "in_call", "on_interrupt", "pending", "raised")
 
     def __init__(self, handler: Callable[[int, FrameType | None], Any]) -> None:
         self._handler = handler
+        #: Set by its user as the first statement of the ``try`` it guards, and unset as
+        #: the first of its ``finally`` (neither can be interrupted): an inactive guard
+        #: is the program's handler, and harmless when left installed (as an exception
+        #: from another signal's handler can leave it).
+        self.active = False
         #: What the program's handler raised, to raise once the loop is at rest.
         self.pending: BaseException | None = None
         #: It raised again: stop waiting for the call.
@@ -65,9 +70,11 @@ class InterruptGuard:
         self.on_interrupt: Callable[[], object] | None = None
         #: Whether the call's own code (its task's step) is what runs now.
         self.in_call: Callable[[], bool] = never
-        self._depth = 1
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if not self.active:
+            self._handler(signum, frame)
+            return
         try:
             self._handler(signum, frame)
         except BaseException as exc:
@@ -113,12 +120,9 @@ class InterruptGuard:
         return self.pending
 
     def release(self) -> None:
-        """Leave the guard. The outermost release puts the program's handler back, then
-        raises what it raised, if that was not raised yet."""
+        """Put the program's handler back, then raise what it raised, if that was not
+        raised yet. (Unset :attr:`active` first.)"""
         self.disarm()
-        self._depth -= 1
-        if self._depth:
-            return
         if _get_handler(_SIGINT) is self:  # else the program installed another meanwhile
             _set_handler(_SIGINT, self._handler)
         error, self.pending = self.pending, None
@@ -128,17 +132,14 @@ class InterruptGuard:
 
 
 def guard() -> InterruptGuard | None:
-    """The guard for a loop about to be driven in this thread: in the main thread while
-    SIGINT has a Python handler (Python's default one, or the program's own), a new
-    one, installed; the one installed already if there is one (the caller releases it
-    as many times as it got it); None otherwise — in other threads (signals reach the
-    main thread only), and where SIGINT is ignored or has no Python handler."""
+    """A guard for a loop about to be driven in this thread, installed, not active yet;
+    None in other threads than the main one (signals reach the main thread only), and
+    where SIGINT is ignored or has no Python handler."""
     if threading.current_thread() is not threading.main_thread():
         return None
     current = _get_handler(_SIGINT)
-    if isinstance(current, InterruptGuard):
-        current._depth += 1
-        return current
+    while isinstance(current, InterruptGuard):  # left installed: see InterruptGuard.active
+        current = current._handler
     if not callable(current):  # SIG_IGN, SIG_DFL, or a handler installed by C code
         return None
     new = InterruptGuard(current)

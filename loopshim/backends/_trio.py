@@ -163,8 +163,10 @@ def run_fresh(job: Job[Any], options: CommonOptions) -> None:
         trio.run(_run_and_close, job, None, instruments=instruments(options))
         return
     try:
+        guard.active = True
         trio.run(_run_and_close, job, guard, instruments=instruments(options))
     finally:
+        guard.active = False
         guard.release()
 
 

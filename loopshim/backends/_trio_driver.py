@@ -150,8 +150,10 @@ class TrioDrivenLoop(DrivenLoop):
         guard = _interrupts.guard() if self._main_thread else None
         if guard is not None:
             try:
+                guard.active = True
                 self._run_guarded(job, guard)
             finally:
+                guard.active = False
                 guard.release()
             return
         outer = self._enter()
@@ -215,6 +217,17 @@ class TrioDrivenLoop(DrivenLoop):
     def close(self) -> None:
         # Ctrl-C while the run closes takes effect once it is closed (closing is bounded).
         guard = _interrupts.guard()
+        if guard is None:
+            self._close()
+            return
+        try:
+            guard.active = True
+            self._close()
+        finally:
+            guard.active = False
+            guard.release()
+
+    def _close(self) -> None:
         outer = self._enter()
         try:
             assert self._stop is not None
@@ -222,8 +235,6 @@ class TrioDrivenLoop(DrivenLoop):
             self._drive(lambda: False)  # until the run finishes
         finally:
             self._leave(outer)
-            if guard is not None:
-                guard.release()
 
 
 def interrupt_call(job: Job[Any], guard: InterruptGuard) -> None:
