@@ -1,9 +1,12 @@
-"""The guarantees on the paths every call takes, where they were made cheaper:
-``process``-scope calls from threads other than the main one (on trio, they share one
-cancel scope, which only ``close()`` cancels)."""
+"""The guarantees on the paths every call takes, where they were made cheaper: uvloop's
+``thread`` and ``call`` scope (driven with ``run_forever``, stopped by the call's task)
+and ``process``-scope calls from threads other than the main one (on trio, they share
+one cancel scope, which only ``close()`` cancels)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 import threading
 import time
@@ -11,9 +14,79 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import BackendCase, make_runner, only_scopes
+from conftest import BackendCase, asyncio_runner, make_runner, only_scopes
 
 import loopshim
+
+var: contextvars.ContextVar[str] = contextvars.ContextVar("fast_paths_var", default="unset")
+
+
+@pytest.mark.parametrize("scope", ["thread", "call"])
+def test_uvloop_a_call_that_stops_the_loop_and_returns_leaves_the_next_call_alone(
+    scope: str,
+) -> None:
+    async def stops_then_returns() -> str:
+        asyncio.get_running_loop().stop()
+        return "returned"
+
+    async def waits() -> int:
+        await asyncio.sleep(0.001)
+        return 3
+
+    with asyncio_runner("uvloop", scope) as runner:
+        assert runner.run(stops_then_returns) == "returned"
+        assert runner.run(waits) == 3
+
+
+@pytest.mark.parametrize("scope", ["thread", "call"])
+def test_uvloop_a_call_the_loop_is_stopped_under_fails_and_the_loop_stays_usable(
+    scope: str,
+) -> None:
+    async def stops_then_sleeps() -> None:
+        asyncio.get_running_loop().stop()
+        await asyncio.sleep(0.01)
+
+    async def add(a: int, b: int) -> int:
+        await asyncio.sleep(0)
+        return a + b
+
+    with asyncio_runner("uvloop", scope) as runner:
+        with pytest.raises(RuntimeError, match="stopped before"):
+            runner.run(stops_then_sleeps)
+        assert runner.run(add, 1, 2) == 3
+
+
+@pytest.mark.parametrize("scope", ["thread", "call"])
+def test_uvloop_results_errors_context_and_timeouts(scope: str) -> None:
+    class Boom(Exception):
+        pass
+
+    async def sets_and_returns() -> str:
+        var.set("set by the call")
+        await asyncio.sleep(0)
+        return "result"
+
+    async def raises() -> None:
+        await asyncio.sleep(0)
+        raise Boom
+
+    async def interrupts() -> None:
+        raise KeyboardInterrupt
+
+    with asyncio_runner("uvloop", scope, timeout=0.2) as runner:
+        token = var.set("caller")
+        try:
+            assert runner.run(sets_and_returns) == "result"
+            assert var.get() == "set by the call"
+        finally:
+            var.reset(token)
+        with pytest.raises(Boom):
+            runner.run(raises)
+        with pytest.raises(KeyboardInterrupt):
+            runner.run(interrupts)
+        with pytest.raises(TimeoutError):
+            runner.run(asyncio.sleep, 5)
+        assert runner.run(asyncio.sleep, 0) is None
 
 
 @only_scopes("process")

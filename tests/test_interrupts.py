@@ -176,7 +176,7 @@ _TWICE = textwrap.dedent(
     report = {}
 
     async def ignores_cancellation():
-        end = time.monotonic() + 5
+        end = time.monotonic() + 2
         while time.monotonic() < end:
             try:
                 await anyio.sleep(0.01)
@@ -205,7 +205,8 @@ _TWICE = textwrap.dedent(
         call_over.set()
         seconds = round(time.monotonic() - started, 2)
         sender.join()
-        report[fn.__name__] = [outcome, seconds, runner.run(anyio.sleep, 0)]
+        # The next call outlasts the call left behind, which must not end it.
+        report[fn.__name__] = [outcome, seconds, runner.run(anyio.sleep, 2.2)]
     runner.close()
     print(json.dumps(report))
     """
@@ -223,7 +224,7 @@ def test_ctrl_c_twice_stops_waiting_for_a_call_that_ignores_cancellation(
     for name in ("ignores_cancellation", "blocking"):
         outcome, seconds, after = report[name]
         assert outcome == "KeyboardInterrupt", report
-        assert seconds < 3, report
+        assert seconds < 1.5, report
         assert after is None, report
 
 

@@ -583,7 +583,7 @@ def test_a_task_factory_set_on_the_loop_makes_later_calls_tasks(backend: str, sc
     with asyncio_runner(backend, scope) as runner:
         runner.run(install)
         assert runner.run(add, 2, 2) == 4
-    assert made[0] == "_execute"  # the next call's task
+    assert made[0].startswith("_execute")  # the next call's task (loopshim's wrapper)
 
 
 @pytest.mark.parametrize("scope", ["thread", "call"])

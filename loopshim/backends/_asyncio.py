@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import functools
 import inspect
 import sys
@@ -72,6 +73,36 @@ async def _execute(job: Job[Any], jobs: set[Job[Any]] | None) -> None:
 
 def _start(loop: asyncio.AbstractEventLoop, job: Job[Any], jobs: set[Job[Any]] | None) -> None:
     job.handle = job.context.run(loop.create_task, _execute(job, jobs))
+
+
+#: Whether ``create_task(coro, context=ctx)`` runs the task in *ctx* itself (3.11+);
+#: before, in a copy of it.
+_TASK_IN_GIVEN_CONTEXT = sys.version_info >= (3, 11)
+
+
+async def _execute_and_stop(job: Job[Any], driven: StoppingDrivenLoop) -> None:
+    """:func:`_execute` for a call its caller drives with ``run_forever``, which it
+    stops at the end of its last step: the next loop iteration runs the callbacks that
+    step scheduled, then stops (``run_until_complete`` stops one iteration later, from
+    a done callback). Its task runs in ``job.context`` itself (3.11+), which is then
+    the context the coroutine leaves."""
+    loop = driven.loop
+    timer = None
+    if job.timeout is not None:
+        timer = loop.call_later(job.timeout, _expire, job)
+    try:
+        job.result = await job.awaitable()
+    except asyncio.CancelledError as exc:
+        job.error = job.cancelled_error(exc) if (job.timed_out or job.cancel_reason) else exc
+    except BaseException as exc:
+        job.error = exc
+    finally:
+        if timer is not None:
+            timer.cancel()
+        job.final_context = job.context if _TASK_IN_GIVEN_CONTEXT else contextvars.copy_context()
+        job.finish()
+        if driven.current is job:  # else its caller stopped waiting for it (Ctrl-C twice)
+            loop.stop()
 
 
 def _cancel(job: Job[Any], reason: CancelReason, jobs: set[Job[Any]] | None) -> None:
@@ -196,9 +227,13 @@ class _LazyExecutor(concurrent.futures.ThreadPoolExecutor):
 _own_executors: dict[int, _LazyExecutor] = {}
 
 
+def _is_uvloop(loop: asyncio.AbstractEventLoop) -> bool:
+    return type(loop).__module__.startswith("uvloop")
+
+
 def _new_loop(factory: LoopFactory) -> asyncio.AbstractEventLoop:
     loop = factory()
-    if type(loop).__module__.startswith("uvloop"):
+    if _is_uvloop(loop):
         executor = _LazyExecutor()
         loop.set_default_executor(executor)
         _own_executors[id(loop)] = executor
@@ -299,6 +334,89 @@ class AsyncioDrivenLoop(DrivenLoop):
             self._loop.close()
 
 
+class StoppingDrivenLoop(AsyncioDrivenLoop):
+    """uvloop's loop, driven with ``run_forever``, which the call's task stops (see
+    :func:`_execute_and_stop`): two loop iterations for a call that never waits, where
+    ``run_until_complete`` takes three, and none of its work in Python (it passes the
+    task through ``asyncio.ensure_future``) or of its done callback."""
+
+    def __init__(self, name: str, loop: asyncio.AbstractEventLoop, main_thread: bool) -> None:
+        super().__init__(name, loop, main_thread)
+        # create_task takes context= on 3.11+ (uvloop's: on 3.10 too)
+        self.loop: Any = loop
+        #: The job whose task stops the loop when it ends.
+        self.current: Job[Any] | None = None
+
+    def run_job(self, job: Job[Any]) -> None:
+        if self._main_thread:
+            super().run_job(job)  # under a guard
+            return
+        # run_guarded(job, None), without the frame: this is every call's path.
+        loop = self.loop
+        self.current = job
+        coro = _execute_and_stop(job, self)
+        if sys.version_info >= (3, 11) and loop.get_task_factory() is None:
+            task = job.handle = asyncio.Task(coro, loop=loop, context=job.context)
+        else:  # the loop's own create_task, which honours a task factory
+            task = job.handle = loop.create_task(coro, context=job.context)
+        try:
+            loop.run_forever()
+        except BaseException:
+            self._interrupted(job, task, None)
+            raise
+        if not job.done:
+            self._stopped_early(job, task)
+
+    def run_guarded(self, job: Job[Any], guard: InterruptGuard | None) -> None:
+        loop = self.loop
+        self.current = job
+        task = job.handle = loop.create_task(_execute_and_stop(job, self), context=job.context)
+        if guard is not None:
+            guard.arm(
+                functools.partial(loop.call_soon_threadsafe, _interrupt, job, guard),
+                _in_task(loop, task),
+            )
+        try:
+            loop.run_forever()
+        except BaseException:
+            self._interrupted(job, task, guard)
+            raise
+        finally:
+            if guard is not None:
+                guard.disarm()
+        if not job.done:
+            self._stopped_early(job, task)
+
+    def _interrupted(
+        self, job: Job[Any], task: asyncio.Task[Any], guard: InterruptGuard | None
+    ) -> None:
+        """An exception came out of the loop's run, not from the call's coroutine."""
+        if self.loop.is_running():
+            # Interrupted while the loop set up or tore down its run (by another
+            # signal's handler that raised): it stays "running" for good.
+            self._give_up()
+        elif guard is not None and guard.abandon:
+            self.current = None  # the call stays on the loop, cancelled; it must not stop it
+        elif not job.done:
+            # Cancel the coroutine and let it unwind.
+            job.cancel_reason = CancelReason.INTERRUPTED
+            task.cancel()
+            self._run_until_done(task)
+
+    def _stopped_early(self, job: Job[Any], task: asyncio.Task[Any]) -> None:
+        """``loop.stop()`` inside the call (or left over from an earlier one) ended the
+        run first: cancel the coroutine, let it unwind, and fail as
+        ``run_until_complete`` does."""
+        job.cancel_reason = CancelReason.INTERRUPTED
+        task.cancel()
+        self._run_until_done(task)
+        raise RuntimeError("Event loop stopped before Future completed.")
+
+    def _run_until_done(self, task: asyncio.Task[Any]) -> None:
+        while not task.done():
+            self.loop.run_forever()  # until the task stops it
+
+
 class DirectlyDrivenLoop(AsyncioDrivenLoop):
     """A loop that :func:`~._asyncio_direct.can_drive` accepts, driven without
     ``run_until_complete``: a call that never waits costs one pass over the ready
@@ -340,6 +458,8 @@ def open_driven_loop(name: str, factory: LoopFactory, options: CommonOptions) ->
     main_thread = threading.current_thread() is threading.main_thread()
     if not options.debug and can_drive(loop):
         return DirectlyDrivenLoop(name, loop, main_thread)
+    if _is_uvloop(loop):
+        return StoppingDrivenLoop(name, loop, main_thread)
     return AsyncioDrivenLoop(name, loop, main_thread)
 
 
