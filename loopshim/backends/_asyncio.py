@@ -34,7 +34,7 @@ from .._core import (
 from .._errors import RunnerClosed
 from .._options import CommonOptions, Validator, callable_or_none
 from . import _interrupts
-from ._asyncio_direct import Driver, can_drive, start_eagerly
+from ._asyncio_direct import Driver, LoopStopped, can_drive, start_eagerly
 from ._interrupts import InterruptGuard
 from ._libraries import ASYNCIO, abandon
 
@@ -43,6 +43,7 @@ __all__ = [
     "AsyncioDrivenLoop",
     "AsyncioLoopThread",
     "DirectlyDrivenLoop",
+    "StoppingDrivenLoop",
     "backend_class",
     "open_driven_loop",
 ]
@@ -344,7 +345,8 @@ class StoppingDrivenLoop(AsyncioDrivenLoop):
         super().__init__(name, loop, main_thread)
         # create_task takes context= on 3.11+ (uvloop's: on 3.10 too)
         self.loop: Any = loop
-        #: The job whose task stops the loop when it ends.
+        #: The job being driven, whose task stops the loop when it ends (a call its
+        #: caller stopped waiting for must not stop a later one).
         self.current: Job[Any] | None = None
 
     def run_job(self, job: Job[Any]) -> None:
@@ -354,38 +356,44 @@ class StoppingDrivenLoop(AsyncioDrivenLoop):
         # run_guarded(job, None), without the frame: this is every call's path.
         loop = self.loop
         self.current = job
-        coro = _execute_and_stop(job, self)
-        if sys.version_info >= (3, 11) and loop.get_task_factory() is None:
-            task = job.handle = asyncio.Task(coro, loop=loop, context=job.context)
-        else:  # the loop's own create_task, which honours a task factory
-            task = job.handle = loop.create_task(coro, context=job.context)
         try:
-            loop.run_forever()
-        except BaseException:
-            self._interrupted(job, task, None)
-            raise
-        if not job.done:
-            self._stopped_early(job, task)
+            coro = _execute_and_stop(job, self)
+            if sys.version_info >= (3, 11) and loop.get_task_factory() is None:
+                task = job.handle = asyncio.Task(coro, loop=loop, context=job.context)
+            else:  # the loop's own create_task, which honours a task factory
+                task = job.handle = loop.create_task(coro, context=job.context)
+            try:
+                loop.run_forever()
+            except BaseException:
+                self._interrupted(job, task, None)
+                raise
+            if not job.done:
+                self._stopped_early(job, task)
+        finally:
+            self.current = None  # the loop must not keep the job, nor the caller's context
 
     def run_guarded(self, job: Job[Any], guard: InterruptGuard | None) -> None:
         loop = self.loop
         self.current = job
-        task = job.handle = loop.create_task(_execute_and_stop(job, self), context=job.context)
-        if guard is not None:
-            guard.arm(
-                functools.partial(loop.call_soon_threadsafe, _interrupt, job, guard),
-                _in_task(loop, task),
-            )
         try:
-            loop.run_forever()
-        except BaseException:
-            self._interrupted(job, task, guard)
-            raise
-        finally:
+            task = job.handle = loop.create_task(_execute_and_stop(job, self), context=job.context)
             if guard is not None:
-                guard.disarm()
-        if not job.done:
-            self._stopped_early(job, task)
+                guard.arm(
+                    functools.partial(loop.call_soon_threadsafe, _interrupt, job, guard),
+                    _in_task(loop, task),
+                )
+            try:
+                loop.run_forever()
+            except BaseException:
+                self._interrupted(job, task, guard)
+                raise
+            finally:
+                if guard is not None:
+                    guard.disarm()
+            if not job.done:
+                self._stopped_early(job, task)
+        finally:
+            self.current = None
 
     def _interrupted(
         self, job: Job[Any], task: asyncio.Task[Any], guard: InterruptGuard | None
@@ -395,22 +403,21 @@ class StoppingDrivenLoop(AsyncioDrivenLoop):
             # Interrupted while the loop set up or tore down its run (by another
             # signal's handler that raised): it stays "running" for good.
             self._give_up()
-        elif guard is not None and guard.abandon:
-            self.current = None  # the call stays on the loop, cancelled; it must not stop it
-        elif not job.done:
-            # Cancel the coroutine and let it unwind.
+        elif not job.done and not (guard is not None and guard.abandon):
+            # Cancel the coroutine and let it unwind. (After Ctrl-C twice it stays on
+            # the loop, cancelled: self.current no longer names it when it ends.)
             job.cancel_reason = CancelReason.INTERRUPTED
             task.cancel()
             self._run_until_done(task)
 
     def _stopped_early(self, job: Job[Any], task: asyncio.Task[Any]) -> None:
         """``loop.stop()`` inside the call (or left over from an earlier one) ended the
-        run first: cancel the coroutine, let it unwind, and fail as
-        ``run_until_complete`` does."""
+        run first: cancel the coroutine, let it unwind, and fail, as
+        ``run_until_complete`` does (and loopshim's own driving of asyncio's loop)."""
         job.cancel_reason = CancelReason.INTERRUPTED
         task.cancel()
         self._run_until_done(task)
-        raise RuntimeError("Event loop stopped before Future completed.")
+        raise LoopStopped
 
     def _run_until_done(self, task: asyncio.Task[Any]) -> None:
         while not task.done():

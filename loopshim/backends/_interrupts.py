@@ -121,7 +121,7 @@ class InterruptGuard:
 
     def release(self) -> None:
         """Put the program's handler back, then raise what it raised, if that was not
-        raised yet. (Unset :attr:`active` first.)"""
+        raised yet. (The guard's user unsets :attr:`active` just before.)"""
         self.disarm()
         if _get_handler(_SIGINT) is self:  # else the program installed another meanwhile
             _set_handler(_SIGINT, self._handler)

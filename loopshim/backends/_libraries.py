@@ -83,9 +83,11 @@ class TrioLibrary(Library):
         # whenever the answer is no. Asked on every call.
         local = self._sniffio_local
         if local is None:
-            if "trio" not in sys.modules:
+            # trio may be half imported, by another thread, without sniffio yet.
+            sniffio = sys.modules.get("sniffio") if "trio" in sys.modules else None
+            if sniffio is None:
                 return False
-            local = self._sniffio_local = sys.modules["sniffio"].thread_local
+            local = self._sniffio_local = sniffio.thread_local
         return local.name == "trio"  # type: ignore[no-any-return]
 
     def current_loop_key(self) -> object | None:

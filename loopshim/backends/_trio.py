@@ -41,6 +41,7 @@ __all__ = [
     "TrioLoopThread",
     "backend_class",
     "instruments",
+    "run_fresh",
 ]
 
 #: With ``debug=True``, a task step that holds the loop longer than this is logged
