@@ -614,7 +614,7 @@ def test_a_task_factory_set_on_the_loop_makes_later_calls_tasks(
     with loop_runner as runner:
         runner.run(install)
         assert runner.run(add, 2, 2) == 4
-    assert made[0] == "_execute"  # the next call's task
+    assert made[0].startswith("_execute")  # the next call's task (loopshim's wrapper)
 
 
 @pytest.mark.loopshim_scopes("thread", "call")

@@ -325,7 +325,10 @@ class LoopThread(abc.ABC):
 
     @abc.abstractmethod
     def cancel(self, job: Job[Any], reason: Any) -> None:
-        """Cancel *job* with the backend's own cancellation (thread-safe)."""
+        """Cancel *job* with the backend's own cancellation (thread-safe). The job must
+        still end (:meth:`Job.complete`) if it is cancelled before its coroutine took its
+        first step: an asyncio task cancelled that early never runs its coroutine, so
+        the ``finally`` that would complete the job never runs either."""
 
     @abc.abstractmethod
     def request_shutdown(self, grace: float) -> None:

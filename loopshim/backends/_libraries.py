@@ -140,13 +140,23 @@ class TrioLibrary(Library):
 
     name = "trio"
 
+    def __init__(self) -> None:
+        #: sniffio's thread-local, once trio (which imports sniffio) is imported.
+        self._sniffio_local: Any = None
+
     def running(self) -> bool:
         # trio marks every run (trio.run, guest mode, loopshim's driver) in sniffio's
         # thread-local for its whole duration; reading that is much cheaper than
         # trio.lowlevel.in_trio_task(), which raises and catches an AttributeError
-        # whenever the answer is no.
-        sniffio = sys.modules.get("sniffio") if "trio" in sys.modules else None
-        return sniffio is not None and sniffio.thread_local.name == "trio"
+        # whenever the answer is no. Asked on every call.
+        local = self._sniffio_local
+        if local is None:
+            # trio may be half imported, by another thread, without sniffio yet.
+            sniffio = sys.modules.get("sniffio") if "trio" in sys.modules else None
+            if sniffio is None:
+                return False
+            local = self._sniffio_local = sniffio.thread_local
+        return local.name == "trio"  # type: ignore[no-any-return]
 
     def current_loop_key(self) -> object | None:
         trio = sys.modules.get("trio")
