@@ -72,12 +72,11 @@ from ._core import (
     describe_callable,
     hand_over,
     logger,
-    reentrant_error,
     run_sync_in_task,
     running_library,
 )
 from ._core import SyncCall as _SyncCall
-from ._errors import ArgumentError, MissingExtra, OptionError, UsageError
+from ._errors import ArgumentError, MissingExtra, OptionError, ReentrantCallError, UsageError
 from ._options import did_you_mean, non_negative_seconds, positive_seconds_or_none
 
 if TYPE_CHECKING:
@@ -436,8 +435,7 @@ class _Request:
             self.running += 1
             try:
                 if self.stop_watching is None:
-                    running = cast("Coroutine[Any, Any, None]", library.call_in_task(job))
-                    await _on_suspension(running, self.suspended)
+                    await _on_suspension(library.call_in_task(job), self.suspended)
                 else:
                     await library.call_in_task(job)
             finally:
@@ -613,10 +611,6 @@ def _on_suspension(
     finally:
         if sys.exc_info()[0] is GeneratorExit:
             coro.close()
-
-
-async def _call_in_task(library: Library, job: Job[Any]) -> None:
-    await library.call_in_task(job)
 
 
 def _in_worker(
@@ -866,16 +860,23 @@ class _Served:
         request's task awaits ``fn(*args, **kwargs)`` on the server's loop; elsewhere
         (the test client, a CLI command) the app's own runner runs it."""
         owner = bridge_owner()
+        # In a bridge greenlet, hand_over steps the coroutine right there: sync code it
+        # calls is in that greenlet too, so the job needs no bridge of its own (owner
+        # None). A bridge started here would also be wrong: a greenlet keeps the recursion
+        # depth of the place it was first switched to, and pooled bridge greenlets first
+        # started inside others would each start deeper, until RecursionError.
         if type(owner) is _Request and owner.served is self:
-            job = self.job(fn, args, kwargs, owner)
+            job = self.job(fn, args, kwargs, None)
             hand_over(owner.call(job))
             return job.outcome()
         if type(owner) is _Loop and owner.served is self:  # a background task's sync code
-            job = self.job(fn, args, kwargs, owner)
+            job = self.job(fn, args, kwargs, None)
             hand_over(owner.library.call_in_task(job))
             return job.outcome()
         request = getattr(_local, "request", None)
         if request is not None and request.served is self:
+            # From a worker thread: a task of its own on the loop, bridged so that sync
+            # code the coroutine calls can hand calls over to it in turn.
             job = self.job(fn, args, kwargs, request)
             anyio.from_thread.run(request.call, job, token=request.loop.token)
             return job.outcome()
@@ -1020,15 +1021,21 @@ class ServerRunner:
         in_request = type(owner) in (_Request, _Loop) or request is not None
         if in_request and getattr(owner or request, "served", None) is served:
             return served.call(async_fn, *args, **kwargs)  # type: ignore[no-any-return]
-        library = running_library()
-        if library is not None:
-            raise reentrant_error(library.name, "ServerRunner.run()")
+        if self._owner_loop() is not None:
+            raise ReentrantCallError(
+                "ServerRunner.run() was called from code running on the ASGI server's own "
+                "loop outside a served request (a task of its own calling sync code): "
+                "waiting here would stall the loop the call needs. In async code, await the "
+                "function directly"
+            )
+        # From any other thread — one running another loop included (a notebook, an
+        # async app) — the call blocks it until done, as a process-scope runner's does.
         loop = served.any_loop()
         if loop is None:
             return self._fallback_runner().run(async_fn, *args, **kwargs)
         job = served.job(async_fn, args, kwargs, loop)
         job.context = contextvars.copy_context()
-        anyio.from_thread.run(_call_in_task, loop.library, job, token=loop.token)
+        anyio.from_thread.run(loop.library.call_in_task, job, token=loop.token)
         return job.outcome()  # type: ignore[no-any-return]
 
     async def run_async(

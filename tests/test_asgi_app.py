@@ -12,6 +12,8 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import anyio
+import anyio.from_thread
 import pytest
 
 import loopshim
@@ -117,6 +119,43 @@ def test_a_served_app_keeps_its_runner_for_the_test_client() -> None:
     assert runner.spawn(double, 2).result(timeout=10) == 4
     with pytest.raises(loopshim.UsageError, match="the server closes"):
         runner.close()
+
+
+def test_the_server_runner_from_other_threads_and_loops() -> None:
+    app = flask.Flask(__name__)
+
+    @app.get("/")
+    async def index() -> str:
+        await anyio.sleep(0)
+        return threading.current_thread().name
+
+    asgi_app = to_asgi(app)
+    runner = LoopShim.runner(app)
+
+    async def where() -> str:
+        await anyio.sleep(0)
+        return threading.current_thread().name
+
+    async def serve_one() -> str:
+        transport = httpx.ASGITransport(app=asgi_app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return (await client.get("/")).text
+
+    async def blocking_call() -> str:
+        return runner.run(where)  # a sync call from a task of the server's loop
+
+    async def from_another_loop() -> str:
+        return runner.run(where)  # blocks this loop's thread until done
+
+    # The portal's loop stands for the server's (no lifespan: made on the first request).
+    with anyio.from_thread.start_blocking_portal("asyncio") as portal:
+        server_thread = portal.call(serve_one)
+        assert runner.name == "asyncio"
+        assert runner.run(where) == server_thread  # from a thread without a loop
+        assert asyncio.run(from_another_loop()) == server_thread
+        assert portal.call(runner.run_async, where) == server_thread
+        with pytest.raises(loopshim.ReentrantCallError, match="outside a served request"):
+            portal.call(blocking_call)
 
 
 def test_an_app_is_freed_with_its_asgi_application() -> None:

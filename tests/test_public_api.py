@@ -94,6 +94,8 @@ PROTOCOL_RAISES = {
     ("flask.py", "__delete__"): "AttributeError",
     ("flask.py", "_state"): "AttributeError",  # read through __get__
     ("__main__.py", "<module>"): "SystemExit",  # the exit status of python -m loopshim
+    # loopshim_timeout, like the runners' timeout option: the builtin (DESIGN.md).
+    ("pytest_plugin.py", "_call"): "TimeoutError",
     # werkzeug's error for a client gone while sending the body, as its own streams raise
     # it: Flask answers it with a 400 rather than a 500 and a logged traceback.
     ("asgi.py", "next_chunk"): "ClientDisconnected",
@@ -101,13 +103,14 @@ PROTOCOL_RAISES = {
 
 
 #: Functions that make a loopshim error for the caller to raise.
-ERROR_FACTORIES = {"reentrant_error", "own_loop_error", "foreign_loop_error", "_explained"}
+ERROR_FACTORIES = {"close_in_loop_error", "own_loop_error", "foreign_loop_error", "_explained"}
 
 
 def test_error_factories_make_loopshim_errors() -> None:
     from loopshim import _core, flask
 
-    assert isinstance(_core.reentrant_error("asyncio", "run()"), loopshim.LoopshimError)
+    closing = _core.close_in_loop_error("asyncio", "asyncio", own_loop=True)
+    assert isinstance(closing, loopshim.LoopshimError)
     assert isinstance(_core.own_loop_error("asyncio", "asyncio"), loopshim.LoopshimError)
     assert isinstance(_core.foreign_loop_error("trio", "thread"), loopshim.LoopshimError)
     explained = flask._explained(loopshim.OptionError("unknown option 'x'"), "asyncio", {"x": 1})

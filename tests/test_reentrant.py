@@ -13,9 +13,10 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import SCOPES, BackendCase, make_runner, only_scopes
+from conftest import BackendCase
 
 import loopshim
+from loopshim.pytest_plugin import LoopRunnerFactory
 
 pytest.importorskip("greenlet")
 
@@ -28,9 +29,9 @@ class Boom(Exception):
 
 @pytest.mark.timeout(30)
 def test_a_chain_three_deep_sees_and_sets_context_and_exc_info(
-    case: BackendCase, scope: str
+    loop_runner_factory: LoopRunnerFactory, loop_backend: BackendCase, loop_scope: str
 ) -> None:
-    runner = make_runner(case, scope, reentrant=True)
+    runner = loop_runner_factory(reentrant=True)
 
     async def innermost() -> tuple[str, BaseException | None]:
         await anyio.sleep(0)
@@ -67,8 +68,10 @@ def test_a_chain_three_deep_sees_and_sets_context_and_exc_info(
 
 
 @pytest.mark.timeout(60)
-def test_a_hundred_reentering_calls_from_sixteen_threads(case: BackendCase, scope: str) -> None:
-    runner = make_runner(case, scope, reentrant=True)
+def test_a_hundred_reentering_calls_from_sixteen_threads(
+    loop_runner_factory: LoopRunnerFactory, loop_backend: BackendCase, loop_scope: str
+) -> None:
+    runner = loop_runner_factory(reentrant=True)
 
     async def inner(n: int) -> int:
         await anyio.sleep(0.001)
@@ -88,8 +91,10 @@ def test_a_hundred_reentering_calls_from_sixteen_threads(case: BackendCase, scop
 
 
 @pytest.mark.timeout(30)
-def test_an_inner_call_that_raises(case: BackendCase, scope: str) -> None:
-    runner = make_runner(case, scope, reentrant=True)
+def test_an_inner_call_that_raises(
+    loop_runner_factory: LoopRunnerFactory, loop_backend: BackendCase, loop_scope: str
+) -> None:
+    runner = loop_runner_factory(reentrant=True)
     raised = Boom("inner")
 
     async def fails() -> None:
@@ -111,11 +116,13 @@ def test_an_inner_call_that_raises(case: BackendCase, scope: str) -> None:
     runner.close()
 
 
-@only_scopes("process")
+@pytest.mark.loopshim_scopes("process")
 @pytest.mark.timeout(30)
-def test_an_inner_call_that_times_out(case: BackendCase, scope: str) -> None:
+def test_an_inner_call_that_times_out(
+    loop_runner_factory: LoopRunnerFactory, loop_backend: BackendCase, loop_scope: str
+) -> None:
     # A background task has no timeout of its own: its inner call's is the one to fire.
-    runner = make_runner(case, scope, reentrant=True, timeout=0.3)
+    runner = loop_runner_factory(reentrant=True, timeout=0.3)
     cleaned: list[str] = []
 
     async def hangs() -> None:
@@ -141,8 +148,10 @@ def test_an_inner_call_that_times_out(case: BackendCase, scope: str) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_the_outer_calls_timeout_cancels_the_inner_coroutine(case: BackendCase, scope: str) -> None:
-    runner = make_runner(case, scope, reentrant=True, timeout=0.5)
+def test_the_outer_calls_timeout_cancels_the_inner_coroutine(
+    loop_runner_factory: LoopRunnerFactory, loop_backend: BackendCase, loop_scope: str
+) -> None:
+    runner = loop_runner_factory(reentrant=True, timeout=0.5)
     seen: list[str] = []
 
     async def inner() -> None:
@@ -169,9 +178,12 @@ def test_the_outer_calls_timeout_cancels_the_inner_coroutine(case: BackendCase, 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("error", [KeyboardInterrupt, SystemExit])
 def test_an_inner_base_exception_reaches_the_first_caller(
-    case: BackendCase, scope: str, error: type[BaseException]
+    loop_runner_factory: LoopRunnerFactory,
+    loop_backend: BackendCase,
+    loop_scope: str,
+    error: type[BaseException],
 ) -> None:
-    runner = make_runner(case, scope, reentrant=True)
+    runner = loop_runner_factory(reentrant=True)
     raised = error("from the inner call")
 
     async def inner() -> None:
@@ -189,12 +201,12 @@ def test_an_inner_base_exception_reaches_the_first_caller(
     runner.close()
 
 
-@only_scopes("process")
+@pytest.mark.loopshim_scopes("process")
 @pytest.mark.timeout(30)
 def test_cancelling_the_outer_task_cancels_the_inner_coroutine(
-    case: BackendCase, scope: str
+    loop_runner_factory: LoopRunnerFactory, loop_backend: BackendCase, loop_scope: str
 ) -> None:
-    runner = make_runner(case, scope, reentrant=True)
+    runner = loop_runner_factory(reentrant=True)
     waiting = threading.Event()
     seen: list[str] = []
 
@@ -218,14 +230,14 @@ def test_cancelling_the_outer_task_cancels_the_inner_coroutine(
     assert seen == ["inner cancelled"]
 
 
-@only_scopes("process")
+@pytest.mark.loopshim_scopes("process")
 @pytest.mark.timeout(30)
 def test_the_loop_serves_other_calls_while_a_reentrant_call_waits(
-    case: BackendCase, scope: str
+    loop_runner_factory: LoopRunnerFactory, loop_backend: BackendCase, loop_scope: str
 ) -> None:
     # The inner call waits for an event only another call can set: were the loop held
     # by the waiting sync code, this would never finish.
-    runner = make_runner(case, scope, reentrant=True)
+    runner = loop_runner_factory(reentrant=True)
     started = threading.Event()
     box: dict[str, Any] = {}
 
@@ -258,8 +270,10 @@ def test_the_loop_serves_other_calls_while_a_reentrant_call_waits(
 
 
 @pytest.mark.timeout(20)
-def test_without_the_option_a_reentrant_call_names_it(case: BackendCase, scope: str) -> None:
-    runner = make_runner(case, scope)
+def test_without_the_option_a_reentrant_call_names_it(
+    loop_runner_factory: LoopRunnerFactory, loop_backend: BackendCase, loop_scope: str
+) -> None:
+    runner = loop_runner_factory()
 
     async def inner() -> None:
         pass
@@ -307,26 +321,27 @@ HOSTS = {"asyncio": _asyncio_app, "trio": _trio_app}
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("host", sorted(HOSTS))
+@pytest.mark.loopshim_scopes("process")
 def test_process_scope_runs_from_a_thread_running_another_loop(
-    case: BackendCase, host: str
+    loop_runner_factory: LoopRunnerFactory, host: str
 ) -> None:
     if host == "trio":
         pytest.importorskip("trio")
-    runner = make_runner(case, "process")
+    runner = loop_runner_factory()
     assert HOSTS[host](lambda: runner.run(double, 21)) == 42
     assert HOSTS[host](lambda: runner.wrap(double)(4)) == 8
     runner.close()
 
 
-@only_scopes("thread", "call")
+@pytest.mark.loopshim_scopes("thread", "call")
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("host", sorted(HOSTS))
 def test_other_scopes_refuse_a_thread_running_another_loop(
-    case: BackendCase, host: str, scope: str
+    loop_runner_factory: LoopRunnerFactory, host: str
 ) -> None:
     if host == "trio":
         pytest.importorskip("trio")
-    runner = make_runner(case, scope)
+    runner = loop_runner_factory()
 
     def call() -> Any:
         with pytest.raises(loopshim.ReentrantCallError) as caught:
@@ -334,7 +349,7 @@ def test_other_scopes_refuse_a_thread_running_another_loop(
         return str(caught.value)
 
     message = HOSTS[host](call)
-    assert f"running a {host} event loop" in message
+    assert f"running {'an' if host == 'asyncio' else 'a'} {host} event loop" in message
     assert 'scope="process"' in message
     assert "run_async" in message
     assert "to_thread" not in message  # advice that can deadlock (issue: executor threads)
@@ -354,10 +369,11 @@ def _run_on(host: str, main: Any) -> Any:
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("host", ["asyncio", "trio"])
-def test_run_async_from_another_loop(case: BackendCase, host: str) -> None:
+@pytest.mark.loopshim_scopes("process")
+def test_run_async_from_another_loop(loop_runner_factory: LoopRunnerFactory, host: str) -> None:
     if host == "trio":
         pytest.importorskip("trio")
-    runner = make_runner(case, "process")
+    runner = loop_runner_factory()
 
     async def work(n: int, *, scale: int) -> tuple[int, str]:
         await anyio.sleep(0.01)
@@ -386,12 +402,13 @@ def test_run_async_from_another_loop(case: BackendCase, host: str) -> None:
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("host", ["asyncio", "trio"])
+@pytest.mark.loopshim_scopes("process")
 def test_cancelling_run_async_cancels_the_call_with_the_runners_cancellation(
-    case: BackendCase, host: str
+    loop_runner_factory: LoopRunnerFactory, host: str
 ) -> None:
     if host == "trio":
         pytest.importorskip("trio")
-    runner = make_runner(case, "process")
+    runner = loop_runner_factory()
     seen: list[str] = []
 
     async def slow() -> None:
@@ -413,8 +430,10 @@ def test_cancelling_run_async_cancels_the_call_with_the_runners_cancellation(
 
 
 @pytest.mark.timeout(30)
-def test_run_async_on_the_runners_own_loop_awaits_in_place(case: BackendCase, scope: str) -> None:
-    runner = make_runner(case, scope)
+def test_run_async_on_the_runners_own_loop_awaits_in_place(
+    loop_runner_factory: LoopRunnerFactory, loop_backend: BackendCase, loop_scope: str
+) -> None:
+    runner = loop_runner_factory()
 
     async def inner() -> Any:
         return threading.current_thread()
@@ -426,9 +445,11 @@ def test_run_async_on_the_runners_own_loop_awaits_in_place(case: BackendCase, sc
     runner.close()
 
 
-@only_scopes("thread", "call")
-def test_run_async_from_another_loop_needs_process_scope(case: BackendCase, scope: str) -> None:
-    runner = make_runner(case, scope)
+@pytest.mark.loopshim_scopes("thread", "call")
+def test_run_async_from_another_loop_needs_process_scope(
+    loop_runner_factory: LoopRunnerFactory, loop_backend: BackendCase, loop_scope: str
+) -> None:
+    runner = loop_runner_factory()
 
     async def main() -> None:
         await runner.run_async(double, 1)
@@ -446,5 +467,135 @@ def test_run_async_outside_a_loop_is_a_usage_error() -> None:
     runner.close()
 
 
-def test_scopes_fixture_covers_every_scope() -> None:
-    assert set(SCOPES) == {"process", "thread", "call"}
+# -- Flask: what the bridge makes work in async views -------------------------------------
+
+flask = pytest.importorskip("flask")
+
+
+def reentrant_app(loop_backend: BackendCase, loop_scope: str) -> Any:
+    """An app whose async views run sync Flask code that calls async code again."""
+    from blinker import Namespace
+    from flask import Flask, current_app, g, render_template_string
+
+    from loopshim.flask import LoopShim
+
+    app = Flask(__name__)
+    app.config.update(
+        TESTING=True,
+        LOOPSHIM_BACKEND=loop_backend.name,
+        LOOPSHIM_SCOPE=loop_scope,
+        LOOPSHIM_OPTIONS=dict(loop_backend.options),
+    )
+    LoopShim(app)
+    signals = Namespace()
+    order_placed = signals.signal("order-placed")
+
+    @app.context_processor
+    async def inject() -> dict[str, str]:
+        await anyio.sleep(0)
+        return {"who": f"processor for {g.rid}"}
+
+    async def audit(sender: Any, rid: str) -> None:
+        await anyio.sleep(0)
+        g.audited = rid
+
+    order_placed.connect(audit, app, weak=False)
+
+    def needs_quota(rid: str) -> bool:
+        # What an extension decorator does inside a view: ensure_sync on an async check.
+        async def check() -> bool:
+            await anyio.sleep(0)
+            return rid != "denied"
+
+        return bool(current_app.ensure_sync(check)())
+
+    @app.route("/order/<rid>")
+    async def order(rid: str) -> str:
+        g.rid = rid
+        await anyio.sleep(0.001)
+        if not needs_quota(rid):
+            return "denied"
+        order_placed.send(app, _async_wrapper=app.ensure_sync, rid=rid)
+        page = render_template_string("{{ who }}")
+        return f"{page}; audited {g.audited}"
+
+    return app
+
+
+@pytest.mark.timeout(60)
+def test_flask_async_views_reenter_through_the_test_client(
+    loop_runner_factory: LoopRunnerFactory, loop_backend: BackendCase, loop_scope: str
+) -> None:
+    client = reentrant_app(loop_backend, loop_scope).test_client()
+    for rid in ("a1", "b2", "c3"):
+        assert client.get(f"/order/{rid}").text == f"processor for {rid}; audited {rid}"
+    assert client.get("/order/denied").text == "denied"
+
+
+@pytest.mark.timeout(120)
+def test_flask_async_views_reenter_under_a_real_server(
+    loop_runner_factory: LoopRunnerFactory, loop_backend: BackendCase, loop_scope: str
+) -> None:
+    from servers import serve
+
+    app = reentrant_app(loop_backend, loop_scope)
+    with serve(app) as base:
+        import httpx
+
+        def fetch(rid: str) -> str:
+            return httpx.get(f"{base}/order/{rid}", timeout=30).text
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            pages = list(pool.map(fetch, [f"r{n}" for n in range(40)]))
+    assert pages == [f"processor for r{n}; audited r{n}" for n in range(40)]
+
+
+# -- a trio program with asyncio-only clients ---------------------------------------------
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["asyncio", "uvloop"])
+def test_a_trio_program_uses_asyncpg_and_redis_through_an_asyncio_runner(
+    backend: str, postgres_dsn: str, redis_url: str
+) -> None:
+    trio = pytest.importorskip("trio")
+    asyncpg = pytest.importorskip("asyncpg")
+    redis_asyncio = pytest.importorskip("redis.asyncio")
+    if backend == "uvloop":
+        pytest.importorskip("uvloop")
+    runner = loopshim.get_runner(backend, cached=False)
+    pool = loopshim.loop_local(
+        lambda: asyncpg.create_pool(postgres_dsn, min_size=1, max_size=4),
+        aclose=lambda p: p.close(),
+    )
+    cache = loopshim.loop_local(
+        lambda: redis_asyncio.from_url(redis_url), aclose=lambda r: r.aclose()
+    )
+    cancelled: list[str] = []
+
+    async def query(sql: str) -> Any:
+        return await (await pool.aget()).fetchval(sql)
+
+    async def remember(key: str, value: str) -> Any:
+        client = cache.get()
+        await client.set(key, value)
+        return await client.get(key)
+
+    async def slow_query() -> None:
+        try:
+            await (await pool.aget()).execute("SELECT pg_sleep(30)")
+        except asyncio.CancelledError:
+            cancelled.append("query cancelled")
+            raise
+
+    async def main() -> tuple[Any, Any, Any]:
+        one = await runner.run_async(query, "SELECT 1")
+        stored = await runner.run_async(remember, "loopshim", "trio")
+        with trio.move_on_after(0.5):
+            await runner.run_async(slow_query)
+        after = await runner.run_async(query, "SELECT 2")  # the pool still works
+        return one, stored, after
+
+    assert trio.run(main) == (1, b"trio", 2)
+    assert cancelled == ["query cancelled"]
+    runner.close()

@@ -25,12 +25,11 @@ from ._bridge import available as bridge_available
 from ._bridge import bridge_owner, bridged, hand_over, run_sync_in_task
 from ._checks import (
     check_async_callable,
-    check_not_in_loop,
+    close_in_loop_error,
     foreign_loop_error,
     is_async_callable,
     is_plain_async_def,
     own_loop_error,
-    reentrant_error,
 )
 from ._gevent import native_selector, refuse_backend, refuse_scope, threading_patched
 from ._job import (
@@ -94,7 +93,7 @@ __all__ = [
     "bridged",
     "changed",
     "check_async_callable",
-    "check_not_in_loop",
+    "close_in_loop_error",
     "close_own_work",
     "copied_back",
     "copy_back",
@@ -116,7 +115,6 @@ __all__ = [
     "machinery_of",
     "native_selector",
     "own_loop_error",
-    "reentrant_error",
     "refuse_backend",
     "refuse_scope",
     "register_backend",

@@ -123,12 +123,24 @@ class Library(abc.ABC):
         """Start ``fn()`` as a task of its own on the running loop, in *context*;
         return what cancels it."""
 
+    async def call_in_task(self, job: Job[Any]) -> None:
+        """Run *job* in the current task (:meth:`within_timeout`), store ``job.result``
+        or ``job.error`` (any exception), and end with ``job.complete(None)``."""
+        try:
+            if job.timeout is None:
+                job.result = await job.awaitable()
+            else:
+                job.result = await self.within_timeout(job)
+        except BaseException as exc:
+            job.error = exc
+        finally:
+            job.complete(None)
+
     @abc.abstractmethod
-    def call_in_task(self, job: Job[Any]) -> Awaitable[None]:
-        """Run *job* in the current task: await ``job.awaitable()`` with the job's
-        timeout (cancelling with the library's own cancellation, and then storing the
-        job's ``cancelled_error``), store ``job.result`` or ``job.error`` (any
-        exception), and end with ``job.complete(None)``. (A coroutine function.)"""
+    def within_timeout(self, job: Job[Any]) -> Awaitable[Any]:
+        """Await ``job.awaitable()`` in the current task, cancelled with the library's
+        own cancellation after ``job.timeout`` seconds, and then raise the job's
+        ``cancelled_error``. (A coroutine function.)"""
 
     @abc.abstractmethod
     def waiter(
@@ -344,7 +356,10 @@ class LoopThread(abc.ABC):
 
     @abc.abstractmethod
     def cancel(self, job: Job[Any], reason: Any) -> None:
-        """Cancel *job* with the backend's own cancellation (thread-safe)."""
+        """Cancel *job* with the backend's own cancellation (thread-safe). The job must
+        still end (:meth:`Job.complete`) if it is cancelled before its coroutine took its
+        first step: an asyncio task cancelled that early never runs its coroutine, so
+        the ``finally`` that would complete the job never runs either."""
 
     @abc.abstractmethod
     def request_shutdown(self, grace: float) -> None:

@@ -29,7 +29,8 @@ T = TypeVar("T")
 _YIELD: Final = 0  # the coroutine yielded to the loop; payload: what it yielded
 _RETURN: Final = 1  # the coroutine returned; payload: its value
 _RAISE: Final = 2  # the coroutine raised; payload: the exception
-_AWAIT: Final = 3  # sync code in the step hands an awaitable over; payload: it
+_PASS: Final = 3  # sync code in the step awaits something that yields to the loop;
+# payload: what it yields, for the task to yield
 
 _greenlet: Any = None
 _Worker: Any = None
@@ -119,13 +120,13 @@ def bridged(coro: Coroutine[Any, Any, T], owner: object) -> Generator[Any, Any, 
         while True:
             worker = _take_worker(owner)
             reply = worker.switch(coro, throw, value)
-            while reply[0] == _AWAIT:  # the step's sync code waits for an awaitable
+            while reply[0] == _PASS:  # sync code in the step waits on the loop
                 try:
-                    result = yield from _await(reply[1], owner)
+                    sent = yield reply[1]
                 except BaseException as exc:
                     reply = worker.switch(True, exc)
                 else:
-                    reply = worker.switch(False, result)
+                    reply = worker.switch(False, sent)
             _give_back(worker)
             kind, payload = reply
             if kind == _RETURN:
@@ -141,20 +142,23 @@ def bridged(coro: Coroutine[Any, Any, T], owner: object) -> Generator[Any, Any, 
             coro.close()
 
 
-def _await(awaitable: Awaitable[T], owner: object) -> Generator[Any, Any, T]:
-    # The awaitable was made by loopshim (a job's coroutine, bridged itself when it
-    # may re-enter), so it is awaited as it is, in the driver's greenlet.
-    return awaitable.__await__()
-
-
 def hand_over(awaitable: Awaitable[T]) -> T:
-    """From sync code running in a bridge greenlet: have the task that runs it await
-    *awaitable*, and return its result (or raise its exception) here."""
-    current = _greenlet.getcurrent()
-    throw, value = current.parent.switch((_AWAIT, awaitable))
-    if throw:
-        raise value
-    return value  # type: ignore[no-any-return]
+    """From sync code running in a bridge greenlet: await *awaitable* in the task that
+    runs this greenlet, and return its result (or raise its exception) here.
+
+    The awaitable is stepped right here, in this greenlet (so that sync code it calls may
+    hand over in turn); only when it yields to the loop does the greenlet switch to the
+    task, which yields that on and switches back with what the loop sends.
+    """
+    steps: Any = awaitable.__await__()
+    parent = _greenlet.getcurrent().parent
+    throw, value = False, None
+    while True:
+        try:
+            out = steps.throw(value) if throw else steps.send(value)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        throw, value = parent.switch((_PASS, out))
 
 
 async def run_sync_in_task(fn: Callable[..., T], owner: object, /, *args: Any) -> T:

@@ -18,7 +18,7 @@ from .._options import CommonOptions
 from . import _gevent
 from ._backend import Backend, DrivenLoop, Library, LoopThread, running_library
 from ._bridge import bridge_owner, hand_over
-from ._checks import check_not_in_loop, foreign_loop_error, own_loop_error, reentrant_error
+from ._checks import close_in_loop_error, foreign_loop_error, own_loop_error
 from ._job import CancelReason, Job, handled_exception
 from ._log import logger
 
@@ -85,11 +85,9 @@ class RunnerScope(abc.ABC):
         self.closed = False
         #: Where close() was called, for RunnerClosed's message.
         self.closed_at = ""
-
-    @property
-    def owner(self) -> RunnerScope | None:
-        """The bridge owner of this runner's calls: itself with ``reentrant=True``."""
-        return self if self.options.reentrant else None
+        #: The bridge owner of this runner's calls: itself with ``reentrant=True``
+        #: (an attribute, not a property: it is read on every call).
+        self.owner: RunnerScope | None = self if options.reentrant else None
 
     @abc.abstractmethod
     def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
@@ -106,7 +104,8 @@ class RunnerScope(abc.ABC):
         """A call from sync code that one of this runner's bridged coroutines called:
         the coroutine's own task awaits the inner one, and the loop serves the others
         meanwhile."""
-        job = new_job(fn, args, kwargs, self.options.timeout, None, self)
+        # Not bridged itself: hand_over steps it in this bridge greenlet already.
+        job = new_job(fn, args, kwargs, self.options.timeout, None, None)
         hand_over(library.call_in_task(job))
         return job.outcome()
 
@@ -159,8 +158,11 @@ class RunnerScope(abc.ABC):
         )
 
     def check_close(self) -> None:
-        """Raise if close() cannot be called from here (it would wait for itself)."""
-        check_not_in_loop("close()")
+        """Raise if close() cannot be called from here: from a thread running a loop,
+        which the closing would have to wait in."""
+        library = running_library()
+        if library is not None:
+            raise close_in_loop_error(self.backend.name, library.name, self.on_own_loop())
 
     @abc.abstractmethod
     def close(self, grace: float, *, final: bool = True) -> None:
@@ -227,7 +229,7 @@ class ProcessScope(RunnerScope):
             # Another loop runs in this thread (a notebook, an async app): the call
             # blocks it until done, like any blocking I/O.
         elif thread is not None and thread.in_loop_thread():
-            raise reentrant_error(self.backend.name, "run()")
+            raise own_loop_error(self.backend.library.name, self.backend.name)
         lock = threading.Lock()
         lock.acquire()
         job = new_job(fn, args, kwargs, self.options.timeout, lock, self.owner)
@@ -289,9 +291,11 @@ class ProcessScope(RunnerScope):
         return functools.partial(thread.cancel, job, CancelReason.CANCELLED)
 
     def check_close(self) -> None:
-        thread = self._thread
-        if thread is not None and thread.in_loop_thread():
-            raise reentrant_error(self.backend.name, "close()")
+        if self.on_own_loop():
+            library = running_library()
+            name = library.name if library is not None else self.backend.library.name
+            raise close_in_loop_error(self.backend.name, name, own_loop=True)
+        # From another loop's thread close() only waits for this runner's thread.
 
     def close(self, grace: float, *, final: bool = True) -> None:
         with self._lock:

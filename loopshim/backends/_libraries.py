@@ -60,16 +60,8 @@ class AsyncioLibrary(Library):
         task = context.run(loop.create_task, _await(fn), name=name)
         return task.cancel
 
-    async def call_in_task(self, job: Job[Any]) -> None:
-        try:
-            if job.timeout is None:
-                job.result = await job.awaitable()
-            else:
-                job.result = await _with_timeout(job)
-        except BaseException as exc:
-            job.error = exc
-        finally:
-            job.complete(None)
+    async def within_timeout(self, job: Job[Any]) -> Any:
+        return await _with_timeout(job)
 
     def waiter(
         self,
@@ -183,13 +175,23 @@ class TrioLibrary(Library):
 
     name = "trio"
 
+    def __init__(self) -> None:
+        #: sniffio's thread-local, once trio (which imports sniffio) is imported.
+        self._sniffio_local: Any = None
+
     def running(self) -> bool:
         # trio marks every run (trio.run, guest mode, loopshim's driver) in sniffio's
         # thread-local for its whole duration; reading that is much cheaper than
         # trio.lowlevel.in_trio_task(), which raises and catches an AttributeError
-        # whenever the answer is no.
-        sniffio = sys.modules.get("sniffio") if "trio" in sys.modules else None
-        return sniffio is not None and sniffio.thread_local.name == "trio"
+        # whenever the answer is no. Asked on every call.
+        local = self._sniffio_local
+        if local is None:
+            # trio may be half imported, by another thread, without sniffio yet.
+            sniffio = sys.modules.get("sniffio") if "trio" in sys.modules else None
+            if sniffio is None:
+                return False
+            local = self._sniffio_local = sniffio.thread_local
+        return local.name == "trio"  # type: ignore[no-any-return]
 
     def current_loop_key(self) -> object | None:
         trio = sys.modules.get("trio")
@@ -226,21 +228,13 @@ class TrioLibrary(Library):
         trio.lowlevel.spawn_system_task(in_scope, context=context, name=name)
         return scope.cancel
 
-    async def call_in_task(self, job: Job[Any]) -> None:
+    async def within_timeout(self, job: Job[Any]) -> Any:
         import trio
 
-        try:
-            if job.timeout is None:
-                job.result = await job.awaitable()
-            else:
-                with trio.move_on_after(job.timeout) as scope:
-                    job.result = await job.awaitable()
-                if scope.cancelled_caught:
-                    job.error = job.cancelled_error(None)
-        except BaseException as exc:
-            job.error = exc
-        finally:
-            job.complete(None)
+        assert job.timeout is not None
+        with trio.move_on_after(job.timeout):
+            return await job.awaitable()
+        raise job.cancelled_error(None)  # reached only when the deadline cancelled it
 
     def waiter(
         self,
