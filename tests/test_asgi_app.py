@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 import anyio.from_thread
 import pytest
+from conftest import BackendCase
 
 import loopshim
 
@@ -94,14 +95,23 @@ def test_sync_inline_runs_sync_views_on_the_loop() -> None:
     assert inline.text == threading.current_thread().name  # asyncio.run's thread: the loop
 
 
-def test_a_served_app_keeps_its_runner_for_the_test_client() -> None:
+@pytest.mark.loopshim_scopes("process")
+def test_a_served_app_keeps_its_runner_for_the_test_client(
+    loop_backend: BackendCase, loop_scope: str
+) -> None:
     app = flask.Flask(__name__)
-    app.config["LOOPSHIM_BACKEND"] = "asyncio"
+    app.config.update(
+        LOOPSHIM_BACKEND=loop_backend.name,
+        LOOPSHIM_SCOPE=loop_scope,
+        LOOPSHIM_OPTIONS=dict(loop_backend.options),
+    )
 
     @app.get("/")
     async def index() -> str:
-        await asyncio.sleep(0)
-        return "ok"
+        import sniffio
+
+        await anyio.sleep(0)
+        return sniffio.current_async_library()
 
     to_asgi(app)
     runner = LoopShim.runner(app)
@@ -109,10 +119,11 @@ def test_a_served_app_keeps_its_runner_for_the_test_client() -> None:
     assert isinstance(runner, loopshim.LoopRunner)
     assert (runner.name, runner.scope) == ("asgi", "server")  # no server loop yet
     # Outside a served request, the app's own runner: the test client works as before.
-    assert app.test_client().get("/").text == "ok"
+    expected = "trio" if loop_backend.name == "trio" else "asyncio"
+    assert app.test_client().get("/").text == expected
 
     async def double(x: int) -> int:
-        await asyncio.sleep(0)
+        await anyio.sleep(0)
         return 2 * x
 
     assert runner.run(double, 21) == 42  # on the app's own runner: no server loop runs
