@@ -372,7 +372,10 @@ class _Request:
         message = await self.receive()
         kind = message["type"]
         if kind == "http.request":
-            self.more_body = bool(message.get("more_body", False))
+            self.more_body = more = bool(message.get("more_body", False))
+            if not more and self.started:
+                # Read while the response streams: a disconnect can be watched for now.
+                self.start_watching()
             return bytes(message.get("body", b""))
         self.more_body = False
         if kind == "http.disconnect":
@@ -392,16 +395,16 @@ class _Request:
             if chunk:
                 self.buffer += chunk
 
-    def start_watching(self, *, discard_body: bool = False) -> None:
+    def start_watching(self) -> None:
         """Start a task that waits on ``receive`` for the client's disconnect, once the
-        body is all read (or known to be empty); with *discard_body* (a streamed
-        response has begun), what is left of the body is dropped."""
+        body is all read (or known to be empty): a body the app has yet to read is
+        never taken from it."""
         if self.stop_watching is not None or self.finished:
             return
         if self.more_body:
-            if not (self.no_body or discard_body):
+            if not self.no_body:
                 return  # a body the app has yet to read: not watched
-            self.more_body = False  # the watcher reads what is left; the app reads none
+            self.more_body = False  # the watcher reads the empty body's message
         self.stop_watching = self.loop.library.start_task(
             self._watch, context=contextvars.Context(), name="loopshim-asgi-disconnect"
         )
@@ -409,7 +412,7 @@ class _Request:
     async def _watch(self) -> None:
         message = await self.receive()
         if message["type"] == "http.request":
-            while message.get("more_body", False):  # the rest of a body nobody reads
+            while message.get("more_body", False):  # an empty body, maybe in pieces
                 message = await self.receive()
             message = await self.receive()
         if message["type"] != "http.disconnect":
@@ -512,7 +515,11 @@ class _Request:
 
     async def _send(self, start: Message | None, body: Message) -> bool:
         if self.stop_watching is None and body["more_body"]:
-            self.start_watching(discard_body=True)
+            # A streamed response: watched for a disconnect once the body is read, which
+            # a body of up to PREFETCH_LIMIT is now; a larger one when the app has read it.
+            if self.more_body and not self.no_body:
+                await self.prefetch()
+            self.start_watching()
         try:
             if start is not None:
                 await self.send(start)

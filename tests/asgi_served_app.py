@@ -183,6 +183,18 @@ def upload() -> dict[str, Any]:
     return {"bytes": total, "sha256": digest.hexdigest()}
 
 
+@app.post("/echo")
+def echo() -> Response:
+    """Streams the body back as it reads it: the response starts before the body is read."""
+    stream = request.stream
+
+    def generate() -> Any:
+        while chunk := stream.read(65536):
+            yield chunk
+
+    return Response(generate(), mimetype="application/octet-stream")
+
+
 @app.post("/form")
 async def form() -> dict[str, Any]:
     await anyio.sleep(0)
@@ -206,7 +218,7 @@ async def slow() -> str:
     return "finished"
 
 
-@app.get("/endless")
+@app.route("/endless", methods=["GET", "POST"])
 def endless() -> Response:
     rid = request.args["rid"]
 

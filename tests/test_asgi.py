@@ -337,6 +337,15 @@ def test_an_upload_is_read_as_the_app_reads_it(served: Served) -> None:
     assert sent_at[-1] - sent_at[0] > 0.8
 
 
+def test_a_body_read_while_the_response_streams(served: Served) -> None:
+    body = os.urandom(2 * 1024 * 1024)
+    with httpx.Client(base_url=served.url, timeout=WAIT) as c:
+        response = c.post("/echo", content=body)
+    assert response.status_code == 200
+    assert len(response.content) == len(body)
+    assert response.content == body
+
+
 def test_a_form_post(served: Served) -> None:
     with httpx.Client(base_url=served.url, timeout=WAIT) as c:
         response = c.post("/form", params={"rid": "f"}, data={"name": "ada"})
@@ -373,9 +382,15 @@ def test_a_disconnect_during_an_upload_views_await(served: Served) -> None:
     assert wait_for_file(served.markers / "cancelled-d2", 10)
 
 
-def test_a_streamed_response_stops_when_the_client_goes_away(served: Served) -> None:
+@pytest.mark.parametrize("body", [b"", b"x" * 1000], ids=["get", "post-unread-body"])
+def test_a_streamed_response_stops_when_the_client_goes_away(served: Served, body: bytes) -> None:
+    rid = f"e{len(body)}"
+    method = "POST" if body else "GET"
+    head = f"{method} /endless?rid={rid}&report=1 HTTP/1.1\r\nHost: test\r\n"
+    if body:  # read ahead when the response starts, so that a disconnect is watched for
+        head += f"Content-Length: {len(body)}\r\n"
     with socket.create_connection(("127.0.0.1", served.server.port), timeout=WAIT) as sock:
-        sock.sendall(b"GET /endless?rid=e1&report=1 HTTP/1.1\r\nHost: test\r\n\r\n")
+        sock.sendall(f"{head}\r\n".encode() + body)
         received = b""
         while b"tick" not in received:  # bounded by the socket's timeout
             chunk = sock.recv(4096)
@@ -383,9 +398,9 @@ def test_a_streamed_response_stops_when_the_client_goes_away(served: Served) -> 
             received += chunk
     # The generator is closed (its finally block runs) long before its 20 s are up, and
     # stream_with_context pops the request's contexts without an error.
-    assert wait_for_file(served.markers / "stream-closed-e1", 10)
-    assert wait_for_file(served.markers / "outcome-e1", 10)
-    assert (served.markers / "outcome-e1").read_text() == "ok"
+    assert wait_for_file(served.markers / f"stream-closed-{rid}", 10)
+    assert wait_for_file(served.markers / f"outcome-{rid}", 10)
+    assert (served.markers / f"outcome-{rid}").read_text() == "ok"
 
 
 # --- lifespan and SIGTERM ---------------------------------------------------------------
