@@ -2,7 +2,7 @@
 (``loopshim.asgi.to_asgi``) against Quart on the same servers (uvicorn, hypercorn), Flask
 + loopshim on gunicorn (gevent and gthread workers) and Flask's default (gthread).
 
-    python benchmarks/asgi.py                   # every variant and workload, ~6 minutes
+    python benchmarks/asgi.py                   # every variant and workload, ~10 minutes
     python benchmarks/asgi.py --smoke           # a second per run (a test runs this)
     python benchmarks/asgi.py --duration 8 --rounds 4 --json asgi.json
 
