@@ -71,6 +71,7 @@ from ._core import (
     copy_back,
     describe_callable,
     hand_over,
+    handled_exception,
     logger,
     run_sync_in_task,
     running_library,
@@ -856,7 +857,7 @@ class _Served:
             kwargs,
             context=origin.copy(),
             origin=origin,
-            handling=sys.exc_info()[1],
+            handling=handled_exception(),
             timeout=self.timeout,
             owner=owner,
         )
@@ -907,7 +908,7 @@ class _Served:
         thread; anywhere else, called here."""
         owner = bridge_owner()
         if type(owner) is _Request and owner.served is self:
-            return hand_over(owner.in_thread(fn, args, kwargs, sys.exc_info()[1]))
+            return hand_over(owner.in_thread(fn, args, kwargs, handled_exception()))
         return fn(*args, **kwargs)
 
     def async_to_sync(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
@@ -1048,7 +1049,6 @@ class ServerRunner:
         if loop is None:
             return self._fallback_runner().run(async_fn, *args, **kwargs)
         job = served.job(async_fn, args, kwargs, loop)
-        job.context = contextvars.copy_context()
         anyio.from_thread.run(loop.library.call_in_task, job, token=loop.token)
         return job.outcome()  # type: ignore[no-any-return]
 

@@ -41,6 +41,7 @@ from ._job import (
     copied_back,
     copy_back,
     describe_callable,
+    handled_exception,
     log_cancelled_at_close,
 )
 from ._log import logger
@@ -103,6 +104,7 @@ __all__ = [
     "foreign_loop_error",
     "get_runner",
     "hand_over",
+    "handled_exception",
     "is_async_callable",
     "is_plain_async_def",
     "known_backends",
