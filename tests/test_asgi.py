@@ -1,8 +1,8 @@
 """A Flask app served through ``loopshim.asgi.to_asgi`` by real ASGI servers started here
-on 127.0.0.1 — uvicorn, hypercorn's asyncio and trio workers, granian — in greenlet mode
-(and uvicorn in thread mode): concurrency without leaks between requests, async and sync
-views, hooks, error handlers, streaming both ways, ``send_file``, disconnects, timeouts,
-lifespan, and SIGTERM with background tasks in flight. The app is
+on 127.0.0.1 — uvicorn, hypercorn's asyncio and trio workers — in greenlet mode (and
+uvicorn in thread mode): concurrency without leaks between requests, async and sync
+views, hooks, error handlers, streaming both ways, ``send_file``, disconnects, timeouts;
+and lifespan and SIGTERM with background tasks in flight on those and granian. The app is
 ``tests/asgi_served_app.py``. Every wait is bounded; servers are stopped even on failure.
 """
 
