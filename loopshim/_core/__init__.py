@@ -40,6 +40,7 @@ from ._job import (
     copied_back,
     copy_back,
     describe_callable,
+    job_of,
     log_cancelled_at_close,
 )
 from ._log import logger
@@ -103,6 +104,7 @@ __all__ = [
     "hand_over",
     "is_async_callable",
     "is_plain_async_def",
+    "job_of",
     "known_backends",
     "libraries",
     "library",

@@ -311,6 +311,17 @@ class LoopThread(abc.ABC):
                 grace + SHUTDOWN_OVERHEAD,
             )
 
+    def lend_worker(self) -> Callable[[], None] | None:
+        """Called by a thread about to wait for a call on this loop: if it is one of the
+        loop's worker threads (``to_thread``, the default executor), let its pool run
+        one more worker while it waits, and return what takes that place back; else
+        ``None`` (the default). Without it, more such callers than workers wait forever
+        for calls that wait for a worker.
+
+        .. versionadded:: 0.1
+        """
+        return None
+
     @abc.abstractmethod
     def serve(self) -> None:
         """Run the loop in this thread; call :meth:`ready`; return after shutdown."""
