@@ -314,16 +314,10 @@ class AsyncioDrivenLoop(DrivenLoop):
         self._main_thread = main_thread
 
     def run_job(self, job: Job[Any]) -> None:
-        guard = _interrupts.guard() if self._main_thread else None
-        if guard is None:
+        if self._main_thread:
+            _interrupts.under_guard(functools.partial(self.run_guarded, job))
+        else:
             self.run_guarded(job, None)
-            return
-        try:
-            guard.active = True
-            self.run_guarded(job, guard)
-        finally:
-            guard.active = False
-            guard.release()
 
     def run_guarded(self, job: Job[Any], guard: InterruptGuard | None) -> None:
         """:meth:`run_job`, under *guard* if it is not None."""
@@ -372,16 +366,7 @@ class AsyncioDrivenLoop(DrivenLoop):
 
     def close(self) -> None:
         # Ctrl-C while the loop closes takes effect once it is closed (closing is bounded).
-        guard = _interrupts.guard()
-        if guard is None:
-            self.close_guarded()
-            return
-        try:
-            guard.active = True
-            self.close_guarded()
-        finally:
-            guard.active = False
-            guard.release()
+        _interrupts.under_guard(lambda _: self.close_guarded())
 
     def close_guarded(self) -> None:
         """:meth:`close`, inside the guard of whoever calls it."""
@@ -663,16 +648,7 @@ class AsyncioBackend(Backend):
 
     def run_fresh(self, job: Job[Any], options: CommonOptions) -> None:
         # One guard over the loop's whole life: Ctrl-C while it opens or closes too.
-        guard = _interrupts.guard()
-        if guard is None:
-            self._run_fresh(job, options, None)
-            return
-        try:
-            guard.active = True
-            self._run_fresh(job, options, guard)
-        finally:
-            guard.active = False
-            guard.release()
+        _interrupts.under_guard(functools.partial(self._run_fresh, job, options))
 
     def _run_fresh(
         self, job: Job[Any], options: CommonOptions, guard: InterruptGuard | None

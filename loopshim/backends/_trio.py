@@ -195,16 +195,9 @@ def run_fresh(job: Job[Any], options: CommonOptions) -> None:
     loopshim's guard (see ``_interrupts``) instead of trio's own handler, which comes
     too late to cover the run's set-up: interrupted there, the run's file descriptors
     leak."""
-    guard = _interrupts.guard()
-    if guard is None:
-        trio.run(_run_and_close, job, None, instruments=instruments(options))
-        return
-    try:
-        guard.active = True
-        trio.run(_run_and_close, job, guard, instruments=instruments(options))
-    finally:
-        guard.active = False
-        guard.release()
+    _interrupts.under_guard(
+        lambda guard: trio.run(_run_and_close, job, guard, instruments=instruments(options))
+    )
 
 
 async def _run_and_close(job: Job[Any], guard: InterruptGuard | None) -> None:
