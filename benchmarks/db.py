@@ -173,21 +173,7 @@ def report(title: str, found: list[Variant]) -> str:
 
 def _part(found: list[Variant]) -> list[dict[str, Any]]:
     ratio = ratios(found)
-    return [
-        {
-            "key": v.key,
-            "label": v.label,
-            "requests": v.requests,
-            "elapsed_s": v.elapsed,
-            "requests_per_s": v.rps,
-            "latency_s": {f"p{p}": v.percentile(p) for p in (50, 90, 99)},
-            **ratio[v.key],
-            "wrong": v.wrong,
-            "failed": v.failed,
-            "problems": v.problems,
-        }
-        for v in found
-    ]
+    return [{**v.record(), **ratio[v.key]} for v in found]
 
 
 # --- command line -----------------------------------------------------------------

@@ -80,6 +80,20 @@ class Variant:
         if len(self.problems) < 5:
             self.problems.append(problem)
 
+    def record(self) -> dict[str, Any]:
+        """The variant's figures, as the ``--json`` documents give them."""
+        return {
+            "key": self.key,
+            "label": self.label,
+            "requests": self.requests,
+            "elapsed_s": self.elapsed,
+            "requests_per_s": self.rps,
+            "latency_s": {f"p{p}": self.percentile(p) for p in (50, 90, 99)},
+            "wrong": self.wrong,
+            "failed": self.failed,
+            "problems": self.problems,
+        }
+
 
 def variants(backends: list[str], scopes: list[str]) -> list[Variant]:
     found = [Variant("sync", "sync view"), Variant(BASELINE, "async view, Flask default")]
@@ -301,15 +315,7 @@ def document(found: list[Variant], args: argparse.Namespace) -> dict[str, Any]:
         "settings": {k: v for k, v in vars(args).items() if k not in ("json",) and not callable(v)},
         "variants": [
             {
-                "key": v.key,
-                "label": v.label,
-                "requests": v.requests,
-                "elapsed_s": v.elapsed,
-                "requests_per_s": v.rps,
-                "latency_s": {f"p{p}": v.percentile(p) for p in (50, 90, 99)},
-                "wrong": v.wrong,
-                "failed": v.failed,
-                "problems": v.problems,
+                **v.record(),
                 "slices": [{"round": r, "requests": n, "elapsed_s": s} for r, n, s in v.slices],
             }
             for v in found

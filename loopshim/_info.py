@@ -274,7 +274,8 @@ def _bench_libraries() -> list[str]:
     names = sorted(offered.get(BENCH_EXTRA, ()))
     if not names:
         return ["  (unknown here: loopshim's package metadata, which lists them, is not installed)"]
-    present = [n for n in names if importable(n)]
+    # A distribution's module is its name with "_" for "-" (nest-asyncio: nest_asyncio).
+    present = [n for n in names if importable(n.replace("-", "_"))]
     versions = library_versions(present)
     shown = ", ".join(f"{n} {versions[n]}" if n in versions else n for n in present)
     lines = ["  " + (shown or "none installed")]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import math
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeGuard, get_args
@@ -31,6 +33,9 @@ class CommonOptions:
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     debug: bool = False
     block_warning: float | None = DEFAULT_BLOCK_WARNING
+    #: Run every call through the greenlet bridge, so that sync code called from its
+    #: coroutine may call the runner again.
+    reentrant: bool = False
     #: The names the caller passed (the others have their default).
     given: frozenset[str] = frozenset()
 
@@ -39,12 +44,23 @@ def _describe(value: object) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
+#: The longest wait the platform can do (``threading.TIMEOUT_MAX``): a longer one would
+#: fail with OverflowError when it happens — in close(), at interpreter exit.
+MAX_SECONDS: Final = float(threading.TIMEOUT_MAX)
+
+
 def is_seconds(value: object, *, zero_ok: bool) -> TypeGuard[float]:
-    """Whether *value* is a finite number of seconds (a real number, not a bool),
-    greater than zero — or also zero with *zero_ok*."""
+    """Whether *value* is a number of seconds the platform can wait (a real number, not
+    a bool, at most :data:`MAX_SECONDS`), greater than zero — or also zero with
+    *zero_ok*."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return False
-    return math.isfinite(value) and (value >= 0 if zero_ok else value > 0)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond any float
+        return False
+    in_range = seconds >= 0 if zero_ok else seconds > 0
+    return math.isfinite(seconds) and in_range and seconds <= MAX_SECONDS
 
 
 def positive_seconds_or_none(name: str, value: object) -> float | None:
@@ -53,8 +69,9 @@ def positive_seconds_or_none(name: str, value: object) -> float | None:
         return None
     if not is_seconds(value, zero_ok=False):
         raise OptionError(
-            f"option {name!r} must be a finite number of seconds greater than 0, "
-            f"or None for no limit; got {_describe(value)}"
+            f"option {name!r} must be a number of seconds greater than 0 and at most "
+            f"{MAX_SECONDS:g} (the longest wait the platform can do), or None for no "
+            f"limit; got {_describe(value)}"
         )
     return float(value)
 
@@ -63,7 +80,8 @@ def non_negative_seconds(name: str, value: object) -> float:
     """Accept a finite number of seconds, zero included."""
     if not is_seconds(value, zero_ok=True):
         raise OptionError(
-            f"option {name!r} must be a finite number of seconds, 0 or more; got {_describe(value)}"
+            f"option {name!r} must be a number of seconds, 0 or more and at most "
+            f"{MAX_SECONDS:g} (the longest wait the platform can do); got {_describe(value)}"
         )
     return float(value)
 
@@ -82,11 +100,23 @@ def callable_or_none(name: str, value: object) -> object:
     return value
 
 
+def reentrant_flag(name: str, value: object) -> bool:
+    """Accept ``True`` or ``False``; ``True`` needs the ``greenlet`` package."""
+    flag = boolean(name, value)
+    if flag and importlib.util.find_spec("greenlet") is None:
+        raise OptionError(
+            f"option {name!r}: re-entrant calls run through a greenlet bridge, and the "
+            'greenlet package is not installed: pip install "loopshim[greenlet]"'
+        )
+    return flag
+
+
 COMMON_VALIDATORS: Final[Mapping[str, Validator]] = {
     "timeout": positive_seconds_or_none,
     "shutdown_timeout": non_negative_seconds,
     "debug": boolean,
     "block_warning": positive_seconds_or_none,
+    "reentrant": reentrant_flag,
 }
 
 

@@ -20,7 +20,7 @@ import functools
 import inspect
 import types
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, ParamSpec, TypeVar
 
 try:
@@ -36,6 +36,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 from ._core import (
     LoopRunner,
     SyncCall,
+    bridge_available,
     direct_call,
     get_runner,
     is_async_callable,
@@ -43,7 +44,7 @@ from ._core import (
     sync_caller_maker,
 )
 from ._ensure_sync import isolate_requests
-from ._errors import OptionError, UsageError
+from ._errors import ArgumentError, OptionError, UsageError
 from ._options import DEFAULT_SCOPE
 
 __all__ = ["LoopShim", "copy_current_request_context"]
@@ -57,14 +58,23 @@ EXTENSION_KEY = "loopshim"
 class _AppState:
     """What LoopShim keeps per app: the chosen backend, scope, options and runner."""
 
-    def __init__(self, backend: str | None, scope: str, options: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        config: MutableMapping[str, Any],
+        backend: str | None,
+        scope: str,
+        options: Mapping[str, Any],
+        reentrant: bool | None,
+    ) -> None:
         if not isinstance(options, Mapping):
             raise OptionError(
                 f"LOOPSHIM_OPTIONS must be a dict of runner options, got {options!r} "
                 f"({type(options).__name__})"
             )
+        self.config = config
         self.scope = scope
         self.options = dict(options)
+        self.reentrant = _reentrant(reentrant)
         self.runner = self._runner_for(backend)
         self._use(self.runner)
 
@@ -73,20 +83,29 @@ class _AppState:
         return self.runner.name
 
     def _runner_for(self, backend: str | None) -> LoopRunner:
-        return get_runner(backend, scope=self.scope, **self.options)
+        try:
+            return get_runner(backend, scope=self.scope, **self.options)
+        except OptionError as exc:
+            raise _explained(exc, backend, self.options) from None
 
     def switch(self, backend: str | LoopRunner) -> None:
         if isinstance(backend, LoopRunner):
             self.runner = backend
-        else:
+        elif isinstance(backend, str):
             self.runner = self._runner_for(backend)  # raises now for an unknown name
+        else:
+            raise ArgumentError(
+                "app.loop_backend takes a backend name (a str such as 'trio') or a "
+                f"LoopRunner; got {backend!r} ({type(backend).__name__})"
+            )
+        self.config["LOOPSHIM_BACKEND"] = self.runner.name
         self._use(self.runner)
 
     def _use(self, runner: LoopRunner) -> None:
         #: Makes the synchronous callable Flask gets for an async function.
-        self.async_to_sync = sync_caller_maker(runner)
+        self.async_to_sync = sync_caller_maker(runner, bridged=self.reentrant)
         #: For a plain async function, known to be one: call it with this, unchecked.
-        self.call = direct_call(runner)
+        self.call = direct_call(runner, bridged=self.reentrant)
 
     def install(self, app: flask.Flask) -> None:
         """Point *app*'s ``async_to_sync`` at the current runner. Flask calls it (through
@@ -94,6 +113,42 @@ class _AppState:
         runner's own maker, not a method that looks the runner up."""
         # An instance attribute shadows Flask.async_to_sync.
         setattr(app, "async_to_sync", self.async_to_sync)  # noqa: B010
+
+
+def _reentrant(value: object) -> bool:
+    """``LOOPSHIM_REENTRANT``: None (the default) means on when greenlet is installed."""
+    if value is None:
+        return bridge_available()
+    if not isinstance(value, bool):
+        raise OptionError(
+            f"LOOPSHIM_REENTRANT must be True, False or None (on when greenlet is "
+            f"installed); got {value!r} ({type(value).__name__})"
+        )
+    if value and not bridge_available():
+        raise OptionError(
+            "LOOPSHIM_REENTRANT = True runs async views through a greenlet bridge, and the "
+            'greenlet package is not installed: pip install "loopshim[flask]"'
+        )
+    return value
+
+
+def _explained(exc: OptionError, backend: str | None, options: Mapping[str, Any]) -> OptionError:
+    """*exc* from get_runner(), said in the app's configuration terms."""
+    message = str(exc)
+    if "hashable" in message:
+        return OptionError(
+            f"the values of LOOPSHIM_OPTIONS must be hashable: the app shares its runner "
+            f"with every caller of the same backend and options; got {options!r}. To give "
+            "the app a runner of its own, make one with loopshim.get_runner(..., "
+            "cached=False) and assign it: app.loop_backend = runner"
+        )
+    if options and "unknown option" in message:
+        name = backend or "the default backend"
+        return OptionError(
+            f"{message} (LOOPSHIM_OPTIONS = {options!r} is applied to {name}; an option "
+            "of another backend must be removed from it before switching)"
+        )
+    return exc
 
 
 def _quick_ensure_sync(state: _AppState) -> Callable[..., Any]:
@@ -193,6 +248,9 @@ class LoopShim:
       default ``$LOOPSHIM_BACKEND``, else asyncio.
     - ``LOOPSHIM_SCOPE``: ``"process"`` (default), ``"thread"`` or ``"call"``.
     - ``LOOPSHIM_OPTIONS``: a dict of runner options (``timeout``, ``shutdown_timeout``...).
+    - ``LOOPSHIM_REENTRANT``: let sync code called from an async view or hook (a
+      template's async context processor, an extension's ``ensure_sync``) call async
+      code again; ``None`` (default) means on when greenlet is installed.
 
     Bad values raise at once. The extension overrides the app's ``async_to_sync`` (and,
     unless the app's class has its own, ``ensure_sync``, with a faster check), so
@@ -210,10 +268,12 @@ class LoopShim:
         backend: str | None = None,
         scope: str = DEFAULT_SCOPE,
         options: Mapping[str, Any] | None = None,
+        reentrant: bool | None = None,
     ) -> None:
         self.backend = backend
         self.scope = scope
         self.options = dict(options or {})
+        self.reentrant = reentrant
         if app is not None:
             self.init_app(app)
 
@@ -225,9 +285,11 @@ class LoopShim:
         if EXTENSION_KEY in app.extensions:
             raise UsageError(f"LoopShim is already set up on {app!r}")
         state = _AppState(
+            app.config,
             app.config.get("LOOPSHIM_BACKEND", self.backend),
             app.config.get("LOOPSHIM_SCOPE", self.scope),
             app.config.get("LOOPSHIM_OPTIONS", self.options),
+            app.config.get("LOOPSHIM_REENTRANT", self.reentrant),
         )
         app.extensions[EXTENSION_KEY] = state
         state.install(app)

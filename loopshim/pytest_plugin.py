@@ -14,10 +14,18 @@ Fixtures it provides:
 - ``loop_backend``: the backend under test, parametrised over the installed backends (or
   ``--loopshim-backends``). Override it in a conftest to pick your own set; it may return
   a name or a ``(name, options)`` pair.
-- ``loop_runner``: a private runner for that backend, shared by the test and its async
-  fixtures, closed when its fixture scope (``loopshim_loop_scope``) ends.
+- ``loop_scope``: the runner scope under test: ``loopshim_scope`` (``process`` by
+  default), or parametrised over ``--loopshim-scopes`` (test ids ``test_x[asyncio-thread]``).
+  Override it in a conftest like ``loop_backend``.
+- ``loop_runner``: a private runner for that backend and scope, shared by the test and
+  its async fixtures, closed when its fixture scope (``loopshim_loop_scope``) ends.
+- ``loop_runner_factory``: makes more private runners for that backend and scope, with
+  options of your own (``loop_runner_factory(timeout=1)``), closed after the test.
 - ``loop_app``: your ``app`` fixture's Flask app with its async views, hooks and
   handlers running on ``loop_runner``.
+
+The marker ``@pytest.mark.loopshim_scopes("process", "thread")`` runs a test (or, on a
+``loop_backend`` parameter, a backend variant) only in those scopes.
 
 Async fixtures (``async def`` and async generators) requested by such a test run on the
 same runner and loop; an async generator fixture keeps one task from setup to teardown,
@@ -34,13 +42,22 @@ import dataclasses
 import functools
 import inspect
 import threading
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
-from typing import Any, Final
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+)
+from typing import Any, Final, Protocol, TypeVar
 
 import pytest
 
 from ._core import (
     BUILTIN_BACKENDS,
+    AsyncEvent,
     Library,
     LoopRunner,
     available_backends,
@@ -50,14 +67,22 @@ from ._core import (
     running_library,
 )
 from ._errors import UsageError
-from ._options import did_you_mean, is_seconds
+from ._options import SCOPES, did_you_mean, is_seconds
 
-__all__ = ["Settings", "loop_app", "loop_backend", "loop_runner"]
+__all__ = [
+    "LoopRunnerFactory",
+    "Settings",
+    "loop_app",
+    "loop_backend",
+    "loop_runner",
+    "loop_runner_factory",
+    "loop_scope",
+]
 
 MARKER: Final = "loopshim"
+#: The marker that runs a test, or a backend variant, only in some scopes.
+SCOPES_MARKER: Final = "loopshim_scopes"
 MODES: Final = ("strict", "auto")
-#: Scopes in which the loop outlives one call, so fixtures and test can share it.
-RUNNER_SCOPES: Final = ("process", "thread")
 FIXTURE_SCOPES: Final = ("function", "class", "module", "package", "session")
 #: Markers of the other async test plugins: a test carrying one of them is theirs.
 FOREIGN_MARKERS: Final = {
@@ -65,6 +90,8 @@ FOREIGN_MARKERS: Final = {
     "anyio": "anyio's pytest plugin",
     "trio": "pytest-trio",
 }
+
+T = TypeVar("T")
 
 _context_key = pytest.StashKey[contextvars.Context]()
 
@@ -88,6 +115,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="comma-separated backends to run on, e.g. asyncio,trio (default: every "
         "installed backend). Overrides the loopshim_backends ini option.",
     )
+    group.addoption(
+        "--loopshim-scopes",
+        dest="loopshim_scopes",
+        default=None,
+        help="comma-separated runner scopes to run on, e.g. process,thread,call: each test "
+        "that uses loop_runner runs once per backend and scope (default: loopshim_scope "
+        "only). Overrides the loopshim_scopes ini option.",
+    )
     parser.addini("loopshim_mode", "strict or auto (see --loopshim-mode)", default="strict")
     parser.addini(
         "loopshim_backends",
@@ -96,9 +131,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini(
         "loopshim_scope",
-        "runner scope for tests: process (default, the loop runs in its own thread) or "
-        "thread (the loop runs in pytest's thread, only during a call)",
+        "runner scope for tests: process (default, the loop runs in its own thread), "
+        "thread (the loop runs in pytest's thread, only during a call) or call (a new "
+        "loop for every call: no async generator fixtures)",
         default="process",
+    )
+    parser.addini(
+        "loopshim_scopes",
+        "runner scopes to run each test on, separated by commas or spaces (default: "
+        "loopshim_scope alone, and no scope in the test ids)",
+        default="",
     )
     parser.addini(
         "loopshim_loop_scope",
@@ -119,9 +161,10 @@ class Settings:
 
     mode: str
     backends: tuple[str, ...]
-    #: The backends usable here, read once per session.
-    installed: tuple[str, ...]
+    #: The scope of tests that are not parametrised over scopes.
     scope: str
+    #: The scopes to parametrise over (``--loopshim-scopes``); empty: none.
+    scopes: tuple[str, ...]
     loop_scope: str
     timeout: float | None
 
@@ -144,35 +187,66 @@ def _read_settings(config: pytest.Config) -> Settings:
     if raw_backends is None:
         raw_backends = config.getini("loopshim_backends")
     backends = _split_names(raw_backends)
-    installed = tuple(available_backends())
-    known = sorted(set(BUILTIN_BACKENDS) | set(installed))
+    if raw_backends and not backends:
+        raise pytest.UsageError(
+            "--loopshim-backends / loopshim_backends is empty; valid names: "
+            f"{', '.join(_known_backends())}"
+        )
     for name in backends:
-        if name not in known:
+        # Built-in names need no look-up: a session that names none does none.
+        if name not in BUILTIN_BACKENDS and name not in (known := _known_backends()):
             raise pytest.UsageError(
                 f"--loopshim-backends / loopshim_backends names {name!r}, which is not a "
                 f"loopshim backend; valid names: {', '.join(known)}.{did_you_mean(name, known)}"
             )
-    if raw_backends and not backends:
-        raise pytest.UsageError(
-            f"--loopshim-backends / loopshim_backends is empty; valid names: {', '.join(known)}"
-        )
     scope = config.getini("loopshim_scope")
-    if scope not in RUNNER_SCOPES:
-        why = (
-            " ('call' starts a new loop for every call, so a fixture's loop-bound objects "
-            "would be dead by the time the test runs)"
-            if scope == "call"
-            else ""
-        )
+    _check_scopes("loopshim_scope", [scope])
+    raw_scopes = config.getoption("loopshim_scopes")
+    if raw_scopes is None:
+        raw_scopes = config.getini("loopshim_scopes")
+    scopes = _split_names(raw_scopes)
+    if raw_scopes and not scopes:
         raise pytest.UsageError(
-            f"loopshim_scope must be one of {', '.join(RUNNER_SCOPES)}; got {scope!r}{why}"
+            f"--loopshim-scopes / loopshim_scopes is empty; valid scopes: {', '.join(SCOPES)}"
         )
+    _check_scopes("--loopshim-scopes / loopshim_scopes", scopes)
     loop_scope = config.getini("loopshim_loop_scope")
     if loop_scope not in FIXTURE_SCOPES:
         raise pytest.UsageError(
             f"loopshim_loop_scope must be one of {', '.join(FIXTURE_SCOPES)}; got {loop_scope!r}"
         )
-    return Settings(mode, backends, installed, scope, loop_scope, _read_timeout(config))
+    return Settings(mode, backends, scope, scopes, loop_scope, _read_timeout(config))
+
+
+def _check_scopes(where: str, scopes: Iterable[object]) -> None:
+    """Raise :class:`pytest.UsageError` if one of *scopes* (given in *where*) is not a
+    runner scope."""
+    for scope in scopes:
+        if scope not in SCOPES:
+            raise pytest.UsageError(_not_a_scope(where, scope))
+
+
+def _not_a_scope(where: str, scope: object) -> str:
+    hint = did_you_mean(scope, list(SCOPES)) if isinstance(scope, str) else ""
+    return f"{where}: {scope!r} is not a runner scope; the scopes are {', '.join(SCOPES)}.{hint}"
+
+
+def _known_backends() -> list[str]:
+    """The names ``--loopshim-backends`` accepts: the built-in backends, installed or
+    not, and the third-party ones installed here."""
+    return sorted(set(BUILTIN_BACKENDS) | set(available_backends()))
+
+
+_installed_key = pytest.StashKey[tuple[str, ...]]()
+
+
+def _installed(config: pytest.Config) -> tuple[str, ...]:
+    """The backends usable here, looked up once per session, when a test first needs
+    them (a session without loopshim tests looks nothing up)."""
+    installed = config.stash.get(_installed_key, None)
+    if installed is None:
+        installed = config.stash[_installed_key] = tuple(available_backends())
+    return installed
 
 
 def _read_timeout(config: pytest.Config) -> float | None:
@@ -210,6 +284,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         f"{MARKER}: run this async test through a loopshim runner, once per backend "
         "(see the loop_backend fixture)",
+    )
+    config.addinivalue_line(
+        "markers",
+        f"{SCOPES_MARKER}(*scopes): run this test only in these runner scopes (see the "
+        "loop_scope fixture); on a loop_backend parameter, run that backend only in them",
     )
     settings = _read_settings(config)
     _check_asyncio_mode(config, settings)
@@ -287,31 +366,41 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         )
 
 
-# --- backend parametrisation -----------------------------------------------------------
+# --- backend and scope parametrisation -------------------------------------------------
 
 
-def _uses_default_backend_fixture(metafunc: pytest.Metafunc) -> bool:
-    # The last definition is the one in effect; a conftest override is the user's.
-    fixturedefs = metafunc._arg2fixturedefs.get("loop_backend")
+def _uses_default_fixture(metafunc: pytest.Metafunc, name: str) -> bool:
+    """Whether the fixture *name* in effect for this test is the plugin's (not a
+    conftest's override)."""
+    # The last definition is the one in effect.
+    fixturedefs = metafunc._arg2fixturedefs.get(name)
     if not fixturedefs:
         return False
     return getattr(fixturedefs[-1].func, "__module__", None) == __name__
 
 
-def _parametrized_by_mark(metafunc: pytest.Metafunc, loop_scope: str) -> bool:
+def _parametrized_by_mark(metafunc: pytest.Metafunc, name: str, loop_scope: str) -> bool:
+    """Whether the test parametrizes the fixture *name* itself.
+
+    Directly (not ``indirect``), the value bypasses the fixture, and pytest would reuse
+    a ``loop_runner`` made for an earlier test of the same loop scope, on another backend
+    or scope: that is refused unless every test has its own loop.
+    """
     for mark in metafunc.definition.iter_markers("parametrize"):
         argnames = mark.args[0] if mark.args else mark.kwargs.get("argnames", ())
         if isinstance(argnames, str):
-            argnames = [name.strip() for name in argnames.split(",")]
-        if "loop_backend" not in argnames:
+            argnames = [argname.strip() for argname in argnames.split(",")]
+        if name not in argnames:
             continue
-        scope = mark.kwargs.get("scope") or "function"
-        indirect = mark.kwargs.get("indirect", False)
-        if not indirect and FIXTURE_SCOPES.index(scope) < FIXTURE_SCOPES.index(loop_scope):
+        indirect = mark.kwargs.get("indirect", mark.args[2] if len(mark.args) > 2 else False)
+        if isinstance(indirect, (list, tuple)):
+            indirect = name in indirect
+        if not indirect and loop_scope != "function":
             pytest.fail(
-                f"{metafunc.definition.nodeid} parametrizes loop_backend with scope "
-                f"{scope!r}, narrower than the loop (loopshim_loop_scope = {loop_scope!r}); "
-                f'add scope="{loop_scope}" to the parametrize mark',
+                f"{metafunc.definition.nodeid} parametrizes {name} directly, so the "
+                "value would not reach loop_runner, which lives for a whole "
+                f"loopshim_loop_scope ({loop_scope!r}); add indirect=True to the "
+                "parametrize mark",
                 pytrace=False,
             )
         return True
@@ -330,17 +419,86 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "loop_backend" not in metafunc.fixturenames:
         return
     settings = _settings(metafunc.config)
-    if _parametrized_by_mark(metafunc, settings.loop_scope):
+    if _parametrized_by_mark(metafunc, "loop_backend", settings.loop_scope):
         return
-    if not _uses_default_backend_fixture(metafunc):
+    if not _uses_default_fixture(metafunc, "loop_backend"):
         return
-    names = settings.backends or settings.installed
+    installed = _installed(metafunc.config)
+    names = settings.backends or installed
     metafunc.parametrize(
         "loop_backend",
-        [_backend_param(name, settings.installed) for name in names],
+        [_backend_param(name, installed) for name in names],
         indirect=True,
         scope=settings.loop_scope,  # type: ignore[arg-type]
     )
+
+
+# After every other parametrisation, so that ids read backend, then scope, however the
+# backends are chosen (this plugin, a conftest's fixture or a parametrize mark).
+@pytest.hookimpl(trylast=True, specname="pytest_generate_tests")
+def pytest_generate_tests_scopes(metafunc: pytest.Metafunc) -> None:
+    """Parametrise ``loop_scope`` over ``--loopshim-scopes``, narrowed by the test's
+    ``loopshim_scopes`` marks."""
+    settings = _settings(metafunc.config)
+    if "loop_scope" not in metafunc.fixturenames:
+        return
+    if _parametrized_by_mark(metafunc, "loop_scope", settings.loop_scope):
+        return
+    if not settings.scopes or not _uses_default_fixture(metafunc, "loop_scope"):
+        return
+    where = metafunc.definition.nodeid
+    allowed = _allowed_scopes(metafunc.definition.iter_markers(SCOPES_MARKER), where)
+    metafunc.parametrize(
+        "loop_scope",
+        [pytest.param(scope, id=scope) for scope in settings.scopes if scope in allowed],
+        indirect=True,
+        scope=settings.loop_scope,  # type: ignore[arg-type]
+    )
+
+
+def _allowed_scopes(marks: Iterable[pytest.Mark], where: str) -> frozenset[str]:
+    """The scopes every ``loopshim_scopes`` mark in *marks* allows (all, without one)."""
+    allowed = frozenset(SCOPES)
+    for mark in marks:
+        if not mark.args or mark.kwargs:
+            raise pytest.UsageError(
+                f"@pytest.mark.{SCOPES_MARKER} on {where} takes the scopes as arguments, "
+                f'such as @pytest.mark.{SCOPES_MARKER}("process", "thread")'
+            )
+        _check_scopes(f"@pytest.mark.{SCOPES_MARKER} on {where}", mark.args)
+        allowed &= frozenset(mark.args)
+    return allowed
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the tests whose scope a ``loopshim_scopes`` mark excludes.
+
+    The marks on a test are applied when it is parametrised; these are the marks that
+    come with a parameter (a backend variant that only differs in some scopes), and
+    tests that are not parametrised over scopes, which run in ``loopshim_scope``.
+    """
+    settings = config.stash.get(_settings_key, None)
+    if settings is None:
+        return
+    selected: list[pytest.Item] = []
+    deselected: list[pytest.Item] = []
+    for item in items:
+        marks = list(item.iter_markers(SCOPES_MARKER))
+        if marks and _scope_of(item, settings) not in _allowed_scopes(marks, item.nodeid):
+            deselected.append(item)
+        else:
+            selected.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
+
+
+def _scope_of(item: pytest.Item, settings: Settings) -> str:
+    """The runner scope *item* runs in, as far as collection can tell."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "loop_scope" in callspec.params:
+        return str(callspec.params["loop_scope"])
+    return settings.scope
 
 
 def _backend_spec(value: object) -> tuple[str, dict[str, Any]]:
@@ -374,30 +532,109 @@ def loop_backend(request: pytest.FixtureRequest) -> Any:
         def loop_backend(request):
             return request.param
 
+    A parameter marked ``pytest.mark.loopshim_scopes("thread")`` runs in those scopes
+    only. One test picks its own with
+    ``@pytest.mark.parametrize("loop_backend", ["trio"], indirect=True)``.
+
     .. versionadded:: 0.1
     """
     return getattr(request, "param", None) or default_backend()[0]
 
 
 @pytest.fixture(scope=_loop_scope)
-def loop_runner(loop_backend: object, request: pytest.FixtureRequest) -> Iterator[LoopRunner]:
-    """A private runner for ``loop_backend``, shared by the tests and async fixtures of one
-    ``loopshim_loop_scope`` (``module`` by default), and closed at its end.
+def loop_scope(request: pytest.FixtureRequest) -> str:
+    """The runner scope the current test runs in: ``"process"``, ``"thread"`` or ``"call"``.
 
-    Its scope is ``loopshim_scope`` (``process`` by default); ``loopshim_timeout`` becomes its
-    ``timeout`` option unless ``loop_backend`` sets one.
+    ``loopshim_scope`` (``process`` by default), or, with ``--loopshim-scopes`` or the
+    ``loopshim_scopes`` ini option, parametrised over those scopes (test ids
+    ``test_x[asyncio-thread]``); ``@pytest.mark.loopshim_scopes("process")`` narrows a
+    test. Override it in a ``conftest.py`` like ``loop_backend``, with the scope of
+    ``loopshim_loop_scope``::
+
+        @pytest.fixture(scope="module", params=["process", "thread"])
+        def loop_scope(request):
+            return request.param
 
     .. versionadded:: 0.1
     """
-    settings = _settings(request.config)
-    name, options = _backend_spec(loop_backend)
-    if settings.timeout is not None:
-        options.setdefault("timeout", settings.timeout)
-    runner = get_runner(name, scope=settings.scope, cached=False, **options)
+    param = getattr(request, "param", None)
+    return str(param) if param is not None else _settings(request.config).scope
+
+
+@pytest.fixture(scope=_loop_scope)
+def loop_runner(
+    loop_backend: object, loop_scope: object, request: pytest.FixtureRequest
+) -> Iterator[LoopRunner]:
+    """A private runner for ``loop_backend`` in scope ``loop_scope``, shared by the tests
+    and async fixtures of one ``loopshim_loop_scope`` (``module`` by default), and
+    closed at its end. Its options are those ``loop_backend`` gives.
+
+    In scope ``call`` every call gets a new loop: async tests and ``async def`` fixtures
+    run (each on a loop of its own), async generator fixtures are refused, since their
+    task would have to outlive the call that set them up.
+
+    .. versionadded:: 0.1
+    """
+    runner = _make_runner(request.config, loop_backend, loop_scope, {})
     try:
         yield runner
     finally:
         runner.close()
+
+
+class LoopRunnerFactory(Protocol):
+    """The type of the ``loop_runner_factory`` fixture, for type hints.
+
+    .. versionadded:: 0.1
+    """
+
+    def __call__(self, **options: Any) -> LoopRunner:
+        """A private runner for the test's backend and scope, with *options* on top of
+        those ``loop_backend`` gives; closed after the test."""
+        ...
+
+
+@pytest.fixture
+def loop_runner_factory(
+    loop_backend: object, loop_scope: object, request: pytest.FixtureRequest
+) -> Iterator[LoopRunnerFactory]:
+    """Make private runners for ``loop_backend`` in scope ``loop_scope``, with options of
+    your own on top of those ``loop_backend`` gives; they are closed after the test::
+
+        def test_slow_call(loop_runner_factory):
+            with loop_runner_factory(timeout=0.1) as runner:
+                with pytest.raises(TimeoutError):
+                    runner.run(anyio.sleep, 1)
+
+    .. versionadded:: 0.1
+    """
+    made: list[LoopRunner] = []
+
+    def make(**options: Any) -> LoopRunner:
+        runner = _make_runner(request.config, loop_backend, loop_scope, options)
+        made.append(runner)
+        return runner
+
+    try:
+        yield make
+    finally:
+        for runner in reversed(made):
+            runner.close()
+
+
+def _make_runner(
+    config: pytest.Config, backend: object, scope: object, extra: Mapping[str, Any]
+) -> LoopRunner:
+    """A private runner for the ``loop_backend`` value *backend* in the ``loop_scope``
+    value *scope*; the test is skipped if *backend* is a built-in backend whose library
+    is not installed."""
+    name, options = _backend_spec(backend)
+    if scope not in SCOPES:
+        raise UsageError(_not_a_scope("loop_scope", scope))
+    builtin = BUILTIN_BACKENDS.get(name)
+    if builtin is not None and name not in _installed(config):
+        pytest.skip(f"backend {name!r} is not installed: {builtin.install_command}")
+    return get_runner(name, scope=str(scope), cached=False, **{**options, **extra})
 
 
 @pytest.fixture
@@ -458,11 +695,108 @@ def _context(node: pytest.Item | pytest.Collector) -> contextvars.Context:
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     if not _is_ours(pyfuncitem):
         return None
+    __tracebackhide__ = True
     runner = pyfuncitem.funcargs["loop_runner"]
     assert isinstance(runner, LoopRunner)
     kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
-    _context(pyfuncitem).run(runner.run, pyfuncitem.obj, **kwargs)
+    test = functools.partial(pyfuncitem.obj, **kwargs)
+    _call(runner, _context(pyfuncitem), test, pyfuncitem.name, pyfuncitem.config)
     return True
+
+
+def _call(
+    runner: LoopRunner,
+    context: contextvars.Context,
+    fn: Callable[[], Awaitable[T]],
+    what: str,
+    config: pytest.Config,
+) -> T:
+    """``fn()`` run to completion on *runner*, in *context*, for up to ``loopshim_timeout``
+    seconds; *what* names it in the error.
+
+    The time-out is the plugin's own, not the runner's ``timeout`` option, so that its
+    error names ``loopshim_timeout``; and it is raised here, in pytest's thread and in
+    hidden frames, so the report shows the message and no plugin or loopshim frame.
+    """
+    __tracebackhide__ = True
+    timeout = _settings(config).timeout
+    if timeout is None:
+        return context.run(runner.run, fn)
+    result = context.run(runner.run, _within, timeout, fn)
+    if isinstance(result, _TimedOut):
+        raise TimeoutError(
+            f"{what} did not finish within {timeout:g} s and was cancelled "
+            f"(loopshim_timeout = {timeout:g}). Raise loopshim_timeout in your pytest "
+            "configuration, or remove it for no limit"
+        ) from None
+    return result
+
+
+class _TimedOut:
+    """What :func:`_within` returns when the time is up."""
+
+
+async def _within(timeout: float, fn: Callable[[], Awaitable[T]]) -> T | _TimedOut:
+    """``await fn()``, cancelled with the running library's own cancellation after
+    *timeout* seconds."""
+    library = running_library()
+    assert library is not None  # called by a runner, on its loop
+    outcome: list[tuple[T, contextvars.Context]] = []
+
+    async def body() -> None:
+        result = await fn()
+        outcome.append((result, contextvars.copy_context()))
+
+    if not await library.within(timeout, body):
+        return _TimedOut()
+    result, final_context = outcome[0]
+    # asyncio runs body() as a task of its own: bring the variables it set (a fixture's)
+    # into this call's context, which run() then copies back to the caller's.
+    copy_back(final_context)
+    return result
+
+
+@pytest.hookimpl(specname="pytest_pyfunc_call")
+def pytest_pyfunc_call_unclaimed(pyfuncitem: pytest.Function) -> None:
+    """An ``async def`` test that no plugin ran: say how to run it with loopshim.
+
+    Called before pytest's own call (``trylast``), which would fail with a generic list
+    of plugins to install, and after the plugins that run async tests in a ``tryfirst``
+    hook (anyio) or by making the test function sync first (pytest-asyncio, pytest-trio)."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return
+    if {mark.name for mark in pyfuncitem.iter_markers()} & FOREIGN_MARKERS.keys():
+        return  # meant for another plugin: pytest's message names them
+    pytest.fail(
+        f"{pyfuncitem.nodeid} is an async def test, but nothing runs it: loopshim runs "
+        f"only marked async tests (loopshim_mode = strict). Mark it @pytest.mark.{MARKER}, "
+        "or set loopshim_mode = auto in your pytest configuration (or --loopshim-mode=auto) "
+        "to run every async test on loopshim. (For another plugin, use its marker.)",
+        pytrace=False,
+    )
+
+
+@pytest.hookimpl(wrapper=True, specname="pytest_pyfunc_call")
+def pytest_pyfunc_call_sync_test(pyfuncitem: pytest.Function) -> Generator[None, Any, Any]:
+    """Run a sync test that uses ``loop_runner`` in the context its async fixtures set
+    their context variables in (the same copy an async test would run in)."""
+    __tracebackhide__ = True
+    test = pyfuncitem.obj
+    if inspect.iscoroutinefunction(test) or "loop_runner" not in pyfuncitem.fixturenames:
+        return (yield)
+    context = _context(pyfuncitem)
+
+    @functools.wraps(test)
+    def in_context(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
+        return context.run(test, *args, **kwargs)
+
+    # pytest's own call (and its checks of what the test returns) then runs it.
+    pyfuncitem.obj = in_context
+    try:
+        return (yield)
+    finally:
+        pyfuncitem.obj = test
 
 
 def _is_async_fixture(func: Callable[..., Any]) -> bool:
@@ -473,16 +807,26 @@ def _is_async_fixture(func: Callable[..., Any]) -> bool:
 
 @pytest.hookimpl(tryfirst=True, wrapper=True)
 def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Any:
+    __tracebackhide__ = True
     func = fixturedef.func
     if not _is_async_fixture(func) or "loop_runner" not in request.fixturenames:
         return (yield)
-    _check_fixture_scope(fixturedef, _settings(request.config).loop_scope)
+    refusal = _refusal(fixturedef, request)
+    if refusal is not None:
+        # Fail inside the fixture function, not in this hook: pytest then records the
+        # failure as the fixture's result, for this test and every later one that asks
+        # for the fixture (one per backend), and tears the fixture down in order.
+        fixturedef.func = _refused(func, refusal)
+        try:
+            return (yield)
+        finally:
+            fixturedef.func = func
     # Have pytest resolve loop_runner (and request) for the fixture: this checks the
     # scopes and tears the fixture down before the runner closes.
     added = tuple(name for name in ("loop_runner", "request") if name not in fixturedef.argnames)
     original_argnames = fixturedef.argnames
     fixturedef.argnames = (*original_argnames, *added)
-    fixturedef.func = _synchronous_fixture(func, added)
+    fixturedef.func = _synchronous_fixture(func, added, fixturedef.argname, request.config)
     # pytest noted the fixture's dependencies before this hook added loop_runner: tie
     # the fixture's lifetime to the runner's, so a new backend gets a new fixture value.
     runner_fixturedef = request._get_active_fixturedef("loop_runner")
@@ -494,19 +838,49 @@ def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Any
         fixturedef.argnames = original_argnames
 
 
-def _check_fixture_scope(fixturedef: Any, loop_scope: str) -> None:
+def _refusal(fixturedef: Any, request: pytest.FixtureRequest) -> str | None:
+    """Why an async fixture cannot run on the test's loop, or None if it can."""
+    loop_scope = _settings(request.config).loop_scope
     scope = str(fixturedef.scope)
     if FIXTURE_SCOPES.index(scope) > FIXTURE_SCOPES.index(loop_scope):
-        pytest.fail(
+        return (
             f"async fixture {fixturedef.argname!r} has scope {scope!r}, wider than the "
             f"loop it would run on (loopshim_loop_scope = {loop_scope!r}). Set "
             f"loopshim_loop_scope = {scope} in your pytest configuration, or give the "
-            "fixture a narrower scope",
-            pytrace=False,
+            "fixture a narrower scope"
         )
+    if (
+        inspect.isasyncgenfunction(fixturedef.func)
+        and request.getfixturevalue("loop_scope") == "call"
+    ):
+        return (
+            f"async generator fixture {fixturedef.argname!r} needs a loop that outlives a "
+            "call, from its setup to its teardown, and runner scope 'call' starts a new "
+            "loop for every call. Run the test in scope process or thread (for instance "
+            f'@pytest.mark.{SCOPES_MARKER}("process", "thread")), or make the fixture an '
+            "async def that returns its value"
+        )
+    return None
 
 
-def _synchronous_fixture(func: Callable[..., Any], added: tuple[str, ...]) -> Callable[..., Any]:
+def _refused(func: Callable[..., Any], reason: str) -> Callable[..., Any]:
+    """A stand-in for the fixture function *func* that fails with *reason*."""
+
+    @functools.wraps(func)
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
+        pytest.fail(reason, pytrace=False)
+
+    return refused
+
+
+def _synchronous_fixture(
+    func: Callable[..., Any], added: tuple[str, ...], name: str, config: pytest.Config
+) -> Callable[..., Any]:
+    """The sync fixture function pytest calls in place of the async one, *func*: it runs
+    *func* on ``loop_runner`` (which, with ``request``, is in *added*: asked for by
+    the plugin, not by *func*)."""
+
     def split(kwargs: dict[str, Any]) -> tuple[LoopRunner, contextvars.Context, dict[str, Any]]:
         runner, request = kwargs["loop_runner"], kwargs["request"]
         own = {name: value for name, value in kwargs.items() if name not in added}
@@ -516,20 +890,24 @@ def _synchronous_fixture(func: Callable[..., Any], added: tuple[str, ...]) -> Ca
 
         @functools.wraps(func)
         def generator_fixture(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            __tracebackhide__ = True
             runner, context, own = split(kwargs)
             holder = _FixtureTask(func(*args, **own), func.__qualname__)
-            value = context.run(runner.run, holder.start)
+            value = _call(runner, context, holder.start, f"async fixture {name!r}", config)
             try:
                 yield value
             finally:
-                context.run(runner.run, holder.finish)
+                teardown = f"the teardown of async fixture {name!r}"
+                _call(runner, context, holder.finish, teardown, config)
 
         return generator_fixture
 
     @functools.wraps(func)
     def coroutine_fixture(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
         runner, context, own = split(kwargs)
-        return context.run(runner.run, func, *args, **own)
+        call = functools.partial(func, *args, **own)
+        return _call(runner, context, call, f"async fixture {name!r}", config)
 
     return coroutine_fixture
 
@@ -551,6 +929,7 @@ class _FixtureTask:
         self.error: BaseException | None = None
         self.final_context: contextvars.Context | None = None
         self._events: _Events | None = None
+        self._cancel: Callable[[], object] | None = None
 
     async def start(self) -> Any:
         library = running_library()
@@ -559,12 +938,10 @@ class _FixtureTask:
                 f"async generator fixture {self.name} must be set up inside a running loop"
             )
         events = self._events = _Events(library)
-        cancel = library.start_task(self._body, context=contextvars.copy_context(), name=self.name)
-        try:
-            await events.started.wait()
-        except BaseException:
-            cancel()
-            raise
+        self._cancel = library.start_task(
+            self._body, context=contextvars.copy_context(), name=self.name
+        )
+        await self._wait(events.started)
         if self.error is not None:
             raise self._take_error()
         if self.final_context is not None:
@@ -576,9 +953,19 @@ class _FixtureTask:
         if not self.ended.is_set():
             assert self._events is not None
             self._events.resume.set()
-            await self._events.done.wait()
+            await self._wait(self._events.done)
         if self.error is not None:
             raise self._take_error()
+
+    async def _wait(self, event: AsyncEvent) -> None:
+        """Wait for the fixture's task to reach *event*; if this wait is cancelled (a
+        time-out, Ctrl-C), cancel the task too."""
+        try:
+            await event.wait()
+        except BaseException:
+            assert self._cancel is not None
+            self._cancel()
+            raise
 
     def _take_error(self) -> BaseException:
         error, self.error = self.error, None

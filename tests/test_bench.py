@@ -1,6 +1,7 @@
 """The parts of ``loopshim bench`` that need no timing, on made-up results: the targets
 and --check, the plot, the schedule that keeps a short run short, the progress line, and
-the boundaries of the bench subpackage."""
+the boundaries of the bench subpackage. (``test_bench_async.py``: the workloads whose
+calls are made inside a coroutine.)"""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from typing import Any
 
 import pytest
 
+from loopshim.bench._async_peers import ASYNC_PEERS, FLOOR, by_hand_key
 from loopshim.bench._command import exit_status
-from loopshim.bench._contenders import Contender, loopshim_contender
+from loopshim.bench._contenders import Contender, cross_loop_contender, loopshim_contender
 from loopshim.bench._measure import (
     MIN_BATCH_S,
     Budget,
@@ -30,13 +32,21 @@ from loopshim.bench._targets import Target, check_targets
 from loopshim.bench._workloads import WORKLOADS
 
 PACKAGE = Path(__file__).resolve().parent.parent / "loopshim"
-_PEERS = {peer.key: peer for peer in PEERS}
+_PEERS = {peer.key: peer for peer in (*PEERS, *ASYNC_PEERS)}
+BACKENDS = ("asyncio", "uvloop", "trio")
 
 
 def _contender(key: str) -> Contender:
+    """The contender of *key*: a peer's, or ``loopshim-B-S``, ``loopshim-B-S-reentrant``,
+    ``loopshim-B-process-from-HOST``."""
     if key in _PEERS:
         return _PEERS[key]
-    _, backend, scope = key.split("-")
+    _, backend, scope, *rest = key.split("-")
+    if rest == ["reentrant"]:
+        return loopshim_contender(backend, scope, reentrant=True)
+    if rest[:1] == ["from"]:
+        return cross_loop_contender(backend, rest[1])
+    assert not rest, key
     return loopshim_contender(backend, scope)
 
 
@@ -83,26 +93,51 @@ DESIGN_TARGETS = {
 }
 
 
-def _everything_measured() -> BenchResult:
-    keys = [
-        f"loopshim-{b}-{s}"
-        for b in ("asyncio", "uvloop", "trio")
+#: Issue 13's targets for calls from async code: (workload, loopshim row, reference,
+#: kind, limit, allowance in seconds).
+ASYNC_TARGETS = {
+    *(
+        ("reentrant", f"loopshim-{b}-{s}-reentrant", FLOOR, "cost", 2, 5e-6)
+        for b in BACKENDS
         for s in ("process", "thread", "call")
-    ]
-    keys += list(_PEERS)
+    ),
+    *(
+        ("cross-loop", f"loopshim-{b}-process-from-{host}", by_hand_key(host, b), "cost", 1, 0)
+        for b in BACKENDS
+        for host in ("asyncio", "trio")
+    ),
+}
+
+
+def _everything_measured() -> BenchResult:
+    shims = [f"loopshim-{b}-{s}" for b in BACKENDS for s in ("process", "thread", "call")]
+    keys = shims + [p.key for p in PEERS]
     cells = [
         _cell(w, key, 100) for w in ("noop", "fanout", "flask-sync", "flask-async") for key in keys
     ]
+    reentrant = [f"{key}-reentrant" for key in shims]
+    cells += [_cell("noop", key, 100) for key in reentrant]
+    cells += [_cell("reentrant", key, 4) for key in [*reentrant, FLOOR]]
+    cross = [f"loopshim-{b}-process-from-{h}" for b in BACKENDS for h in ("asyncio", "trio")]
+    cells += [_cell("cross-loop", key, 30) for key in cross]
+    cells += [_cell("cross-loop", p.key, 30) for p in ASYNC_PEERS if p.pair is not None]
     return _result(*cells)
 
 
-def test_the_targets_are_those_of_the_design() -> None:
+def test_the_targets_are_those_of_the_design_and_of_issue_13() -> None:
     targets = check_targets(_everything_measured())
     found = {(t.workload, t.contender, t.reference, t.kind, t.limit) for t in targets}
-    assert found == DESIGN_TARGETS
-    assert len(targets) == len(DESIGN_TARGETS)
+    assert found == DESIGN_TARGETS | {t[:5] for t in ASYNC_TARGETS}
+    assert len(targets) == len(DESIGN_TARGETS) + len(ASYNC_TARGETS)
+    allowances = {(t.workload, t.contender): t.allowance_s for t in targets}
+    for workload, contender, *_, allowance in ASYNC_TARGETS:
+        assert allowances[workload, contender] == allowance
+    assert {t.allowance_s for t in targets if t.workload not in ("reentrant", "cross-loop")} == {0}
     # The retired targets compared a Flask async view with a sync view.
     assert not any(t.workload == "flask-sync" for t in targets)
+    # A runner with reentrant=True has no target in the noop workload: what the option
+    # costs a call that does not re-enter is shown, not held to a limit.
+    assert not any(t.contender.endswith("-reentrant") and t.workload == "noop" for t in targets)
 
 
 @pytest.mark.parametrize(
@@ -135,6 +170,28 @@ def test_the_targets_are_those_of_the_design() -> None:
         # 100 concurrent 10 ms sleeps in <= 20 ms
         ("fanout", "loopshim-trio-call", None, 19_900, 0, "pass"),
         ("fanout", "loopshim-trio-call", None, 20_100, 0, "fail"),
+        # a re-entrant call: <= 2x awaiting the function directly + 5 µs
+        ("reentrant", "loopshim-asyncio-thread-reentrant", FLOOR, 5.19, 0.1, "pass"),
+        ("reentrant", "loopshim-asyncio-thread-reentrant", FLOOR, 5.21, 0.1, "fail"),
+        ("reentrant", "loopshim-trio-call-reentrant", FLOOR, 6.99, 1.0, "pass"),
+        ("reentrant", "loopshim-trio-call-reentrant", FLOOR, 7.01, 1.0, "fail"),
+        # run_async: no slower than the recipe for the same pair of loops
+        (
+            "cross-loop",
+            "loopshim-trio-process-from-asyncio",
+            "by-hand-asyncio-to-trio",
+            69.9,
+            70,
+            "pass",
+        ),
+        (
+            "cross-loop",
+            "loopshim-uvloop-process-from-trio",
+            "by-hand-trio-to-uvloop",
+            70.1,
+            70,
+            "fail",
+        ),
     ],
 )
 def test_a_target_passes_or_fails_on_its_ratio(

@@ -19,6 +19,7 @@ import pytest
 import loopshim
 from loopshim._core import BUILTIN_BACKENDS
 from loopshim._info import extras, pip_install_line
+from loopshim.bench._async_peers import ASYNC_PEERS
 from loopshim.bench._peers import PEERS
 from loopshim.bench._results import PLAIN_FLASK
 from loopshim.bench._workloads import WORKLOADS
@@ -51,6 +52,7 @@ TARGET_FIELDS = {
     "ratio",
     "status",
     "measured",
+    "allowance_s",
 }
 RESULT_FIELDS = {
     "workload",
@@ -59,6 +61,8 @@ RESULT_FIELDS = {
     "kind",
     "backend",
     "scope",
+    "reentrant",
+    "pair",
     "status",
     "detail",
     "calls",
@@ -168,6 +172,8 @@ def test_info_tells_what_to_install_for_a_missing_backend() -> None:
         (("flask", "anyio"), 'missing anyio, flask: pip install "loopshim[bench]"'),
         (("matplotlib",), 'missing matplotlib: pip install "loopshim[bench]"'),
         (("flask",), 'missing flask: pip install "loopshim[flask]"'),
+        # A distribution whose module is named otherwise (nest-asyncio: nest_asyncio).
+        (("nest_asyncio",), 'missing nest-asyncio: pip install "loopshim[bench]"'),
     ],
 )
 def test_info_suggests_the_fewest_extras_for_the_bench(hidden: tuple[str, ...], line: str) -> None:
@@ -203,7 +209,15 @@ def test_an_install_line_names_the_fewest_extras(modules: list[str], line: str) 
 
 def test_the_extras_come_from_the_installed_metadata() -> None:
     found = extras()
-    assert found["bench"] == {"asgiref", "anyio", "flask", "matplotlib"}
+    assert found["bench"] == {
+        "asgiref",
+        "anyio",
+        "flask",
+        "matplotlib",
+        "greenlet",
+        "greenback",
+        "nest-asyncio",
+    }
     assert found["trio"] == {"trio"}
     assert "test" not in found  # for loopshim's own development
     assert "all" not in found  # made of the others
@@ -260,6 +274,7 @@ def test_bench_prints_a_table_per_workload(
     # flask-sync runs no async code: only loopshim's rows and a plain app take part.
     for label in ["loopshim asyncio thread", "loopshim asyncio process"]:
         assert out.count(f"  {label} ") == 3, label
+        assert out.count(f"  {label}, reentrant=True ") == 1, label  # in noop only
     assert out.count(f"  {PEERS[0].label} ") == 2
     assert out.count(f"  {PLAIN_FLASK} ") == 1
     for label in [p.label for p in PEERS[1:]]:
@@ -289,9 +304,11 @@ def test_bench_json_has_every_documented_field(
     results = document["results"]
     keys = {(r["workload"], r["contender"]) for r in results}
     contenders = ["loopshim-asyncio-thread", "loopshim-asyncio-process"] + [p.key for p in PEERS]
+    # Runners made with reentrant=True: in noop only (what the option costs a plain call).
+    reentrant = ["loopshim-asyncio-thread-reentrant", "loopshim-asyncio-process-reentrant"]
     assert keys == {(w, c) for w in ("noop", "flask-async") for c in contenders} | {
         ("flask-sync", c) for c in contenders[:3]
-    }
+    } | {("noop", c) for c in reentrant}
     for result in results:
         assert set(result) == RESULT_FIELDS
         if result["status"] != "ok":
@@ -392,7 +409,7 @@ def test_bench_plot_is_a_png_drawn_by_matplotlib(
 
 def test_the_expected_time_is_printed_when_the_run_starts() -> None:
     environ = {k: v for k, v in os.environ.items() if k != "LOOPSHIM_BACKEND"}
-    args = ["bench", "--backends=asyncio", "--workloads=noop", "--no-peers", "--duration=1"]
+    args = ["bench", "--backends=asyncio", "--workloads=noop", "--no-peers", "--duration=0.5"]
     with subprocess.Popen(
         [str(SCRIPT), *args], stdout=subprocess.PIPE, text=True, env=environ
     ) as process:
@@ -400,8 +417,9 @@ def test_the_expected_time_is_printed_when_the_run_starts() -> None:
         first = process.stdout.readline()
         still_running = process.poll() is None
         rest = process.stdout.read()
-    assert re.fullmatch(r"loopshim bench: 4 rows x 1 s, in 50 rounds: about [45] s\n", first)
-    assert still_running  # 4 rows of 1 s each are still to come
+    # 3 scopes, each also with reentrant=True, and Flask's default
+    assert re.fullmatch(r"loopshim bench: 7 rows x 0.5 s, in 50 rounds: about [45] s\n", first)
+    assert still_running  # 7 rows of 0.5 s each are still to come
     assert process.returncode == 0, rest
 
 
@@ -429,6 +447,35 @@ def test_a_short_run_is_short_and_says_how_long_it_takes(tmp_path: Path) -> None
             assert result["elapsed_s"] < 2 * 0.2, result["contender"]
 
 
+def test_a_short_run_of_the_async_workloads_is_short(tmp_path: Path) -> None:
+    """Their batches run inside a coroutine (and nest_asyncio's in a process of its own,
+    started once): a row still takes about its 0.2 s."""
+    report = tmp_path / "bench.json"
+    begin = time.monotonic()
+    done = loopshim_cmd(
+        "bench",
+        "--workloads=reentrant,cross-loop",
+        "--backends=asyncio",
+        "--duration=0.2",
+        f"--json={report}",
+    )
+    wall = time.monotonic() - begin
+    assert done.returncode == 0, done.stderr
+    announced = re.match(
+        r"loopshim bench: (\d+) rows x 0.2 s, in 50 rounds: about (\d+) s", done.stdout
+    )
+    assert announced is not None, done.stdout[:200]
+    rows, expected = int(announced[1]), int(announced[2])
+    assert rows <= 3 + 2 + len(ASYNC_PEERS)  # 3 scopes re-entering, 2 host loops, the peers
+    assert expected <= rows * 0.2 * 1.5
+    assert wall < 2 * expected + 5  # generous: interpreter start-ups, a busy machine
+    # Together, not row by row: a call between threads can stall for a moment on a busy
+    # machine, and a batch ends only after its call returns.
+    elapsed = [r["elapsed_s"] for r in json.loads(report.read_text())["results"] if r["calls"]]
+    assert len(elapsed) == rows
+    assert sum(elapsed) < 1.5 * 0.2 * rows
+
+
 def test_bench_repeat_and_threads_make_that_many_calls(tmp_path: Path) -> None:
     report = tmp_path / "bench.json"
     done = loopshim_cmd(
@@ -453,11 +500,143 @@ def test_bench_repeat_and_threads_make_that_many_calls(tmp_path: Path) -> None:
         "loopshim-asyncio-process",
         "loopshim-asyncio-thread",
         "loopshim-asyncio-call",
+        "loopshim-asyncio-process-reentrant",
+        "loopshim-asyncio-thread-reentrant",
+        "loopshim-asyncio-call-reentrant",
         "flask-default",  # kept by --no-peers: the speed-ups are relative to it
     }
     for result in results:
         assert result["calls"] == 2 * 3, result["contender"]  # 2 threads x 3 calls
         assert [b["calls"] for b in result["batches"]] == [2 * 2, 2 * 1]
+
+
+# --- bench: calls from async code ---------------------------------------------------
+
+#: The async workloads' rows on asyncio and trio in thread and process scope.
+ASYNC_ROWS = {
+    "reentrant": {
+        *(
+            f"loopshim-{b}-{s}-reentrant"
+            for b in ("asyncio", "trio")
+            for s in ("thread", "process")
+        ),
+        "await-directly",
+        "greenback-asyncio",
+        "greenback-trio",
+        "nest-asyncio",
+    },
+    "cross-loop": {
+        *(
+            f"loopshim-{b}-process-from-{h}"
+            for b in ("asyncio", "trio")
+            for h in ("asyncio", "trio")
+        ),
+        *(
+            f"by-hand-{h}-to-{t}"
+            for h in ("asyncio", "trio")
+            for t in ("asyncio", "uvloop", "trio")
+        ),
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def async_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """One short run of the workloads whose calls are made inside a coroutine, with
+    --check."""
+    for module in ("greenlet", "greenback", "nest_asyncio", "trio", "uvloop"):
+        pytest.importorskip(module)
+    report = tmp_path_factory.mktemp("bench") / "async.json"
+    done = loopshim_cmd(
+        "bench",
+        "--backends=asyncio,trio",
+        "--scopes=thread,process",
+        "--workloads=reentrant,cross-loop",
+        "--duration=0.02",
+        "--rounds=2",
+        "--check",
+        f"--json={report}",
+    )
+    return done, json.loads(report.read_text())
+
+
+def test_the_async_workloads_print_their_rows(
+    async_run: tuple[subprocess.CompletedProcess[str], dict[str, Any]],
+) -> None:
+    done, document = async_run
+    assert done.stderr == ""  # no row failed; no progress display off a terminal
+    out = done.stdout
+    sections = {line.split(":")[0] for line in out.splitlines() if line and line[0] != " "}
+    assert {"reentrant", "cross-loop"} <= sections
+    assert "noop" not in sections
+    labels = {r["contender"]: r["label"] for r in document["results"]}
+    for key in set().union(*ASYNC_ROWS.values()):
+        row = next(line for line in out.splitlines() if line.startswith(f"  {labels[key]} "))
+        assert row.split()[-1].endswith("x"), row  # compared with the floor or the recipe
+    floor = next(line for line in out.splitlines() if line.startswith("  awaiting the function"))
+    assert floor.endswith("1.00x")
+    assert all(
+        line.endswith("1.00x") for line in out.splitlines() if line.startswith("  by hand: ")
+    )
+
+
+def test_the_async_workloads_json_rows_and_fields(
+    async_run: tuple[subprocess.CompletedProcess[str], dict[str, Any]],
+) -> None:
+    _, document = async_run
+    assert document["settings"]["workloads"] == ["reentrant", "cross-loop"]
+    for name in ASYNC_ROWS:
+        rows = {r["contender"]: r for r in document["results"] if r["workload"] == name}
+        assert set(rows) == ASYNC_ROWS[name]
+        for key, row in rows.items():
+            assert set(row) == RESULT_FIELDS
+            assert row["status"] == "ok", row
+            assert row["calls"] == len(row["times_ns"]) > 0
+            assert row["speedup_vs_flask_default"] is None  # Flask's default takes no part
+            if key.startswith("loopshim-"):
+                assert row["kind"] == "loopshim"
+                assert row["reentrant"] is (name == "reentrant")
+            else:
+                assert (row["kind"], row["reentrant"]) == ("peer", None)
+            if name == "cross-loop":
+                host, target = row["pair"]
+                assert key.endswith(f"-from-{host}") or key == f"by-hand-{host}-to-{target}"
+            else:
+                assert row["pair"] is None
+
+
+def test_the_async_workloads_targets_and_check(
+    async_run: tuple[subprocess.CompletedProcess[str], dict[str, Any]],
+) -> None:
+    done, document = async_run
+    medians = {(r["workload"], r["contender"]): r["median_s"] for r in document["results"]}
+    targets = document["targets"]
+    assert {(t["workload"], t["contender"], t["reference"]) for t in targets} == {
+        *(
+            ("reentrant", f"loopshim-{b}-{s}-reentrant", "await-directly")
+            for b in ("asyncio", "trio")
+            for s in ("thread", "process")
+        ),
+        *(
+            ("cross-loop", f"loopshim-{b}-process-from-{h}", f"by-hand-{h}-to-{b}")
+            for b in ("asyncio", "trio")
+            for h in ("asyncio", "trio")
+        ),
+    }
+    for target in targets:
+        assert set(target) == TARGET_FIELDS
+        ours = medians[target["workload"], target["contender"]]
+        reference = medians[target["workload"], target["reference"]]
+        assert target["ratio"] == pytest.approx(ours / reference)
+        bound = target["limit"] * reference + target["allowance_s"]
+        assert target["status"] == ("pass" if ours <= bound else "fail")
+        assert f"{target['text']}: {target['measured']}" in done.stdout
+    assert {t["allowance_s"] for t in targets if t["workload"] == "reentrant"} == {5e-6}
+    # --check: status 1 exactly when a target is missed (the run is too short to say which).
+    missed = any(t["status"] == "fail" for t in targets)
+    assert done.returncode == (1 if missed else 0), done.stderr
 
 
 # --- bench: what is not installed ---------------------------------------------------
@@ -501,7 +680,12 @@ def test_bench_reports_a_missing_backend_as_not_installed(tmp_path: Path, how: s
         pythonpath=pythonpath,
     )
     by_key = {r["contender"]: r for r in document["results"]}
-    for key in ("loopshim-trio-thread", "trio.run", "anyio-portal-trio"):
+    for key in (
+        "loopshim-trio-thread",
+        "loopshim-trio-thread-reentrant",
+        "trio.run",
+        "anyio-portal-trio",
+    ):
         assert by_key[key]["status"] == "not installed", by_key[key]
         assert by_key[key]["calls"] == 0
     assert by_key["loopshim-asyncio-thread"]["status"] == "ok"

@@ -50,14 +50,17 @@ class BlueprintError(Exception):
     pass
 
 
-def build_app(case: BackendCase, scope: str) -> Flask:
+def build_app(
+    loop_backend: BackendCase, loop_scope: str, *, reentrant: bool | None = None
+) -> Flask:
     app = Flask(__name__)
     app.config.update(
         TESTING=True,
         SECRET_KEY="test",
-        LOOPSHIM_BACKEND=case.name,
-        LOOPSHIM_SCOPE=scope,
-        LOOPSHIM_OPTIONS=dict(case.options),
+        LOOPSHIM_BACKEND=loop_backend.name,
+        LOOPSHIM_SCOPE=loop_scope,
+        LOOPSHIM_OPTIONS=dict(loop_backend.options),
+        LOOPSHIM_REENTRANT=reentrant,
     )
     LoopShim(app)
 
@@ -196,8 +199,8 @@ def build_app(case: BackendCase, scope: str) -> Flask:
 
 
 @pytest.fixture
-def app(case: BackendCase, scope: str) -> Iterator[Flask]:
-    app = build_app(case, scope)
+def app(loop_backend: BackendCase, loop_scope: str) -> Iterator[Flask]:
+    app = build_app(loop_backend, loop_scope)
     events.clear()
     yield app
     LoopShim.runner(app).close()
@@ -245,10 +248,18 @@ def test_async_context_processor(app: Flask) -> None:
 
 
 @pytest.mark.timeout(20)
-def test_async_context_processor_from_async_view_fails_clearly(app: Flask) -> None:
-    # Rendering runs sync code inside the running loop, which would have to block on
-    # the async processor: a clear error, never a hang.
-    with pytest.raises(loopshim.ReentrantCallError, match="await the function directly"):
+def test_async_context_processor_from_async_view(app: Flask) -> None:
+    # Rendering runs sync code inside the view's coroutine; the async processor runs in
+    # the view's own task through the greenlet bridge (LOOPSHIM_REENTRANT's default).
+    assert app.test_client().get("/template-from-async").text == "from-async-processor"
+
+
+@pytest.mark.timeout(20)
+def test_without_reentrant_calls_an_async_processor_from_an_async_view_fails_clearly(
+    loop_backend: BackendCase, loop_scope: str
+) -> None:
+    app = build_app(loop_backend, loop_scope, reentrant=False)
+    with pytest.raises(loopshim.ReentrantCallError, match="LOOPSHIM_REENTRANT = True"):
         app.test_client().get("/template-from-async")
 
 
@@ -282,12 +293,12 @@ def test_async_signal_receiver(app: Flask) -> None:
 
 
 def test_asyncio_primitives_work_on_asyncio_and_fail_clearly_on_trio(
-    case: BackendCase, scope: str
+    loop_backend: BackendCase, loop_scope: str
 ) -> None:
     import asyncio
 
     app = Flask(__name__)
-    app.config.update(TESTING=True, LOOPSHIM_BACKEND=case.name, LOOPSHIM_SCOPE=scope)
+    app.config.update(TESTING=True, LOOPSHIM_BACKEND=loop_backend.name, LOOPSHIM_SCOPE=loop_scope)
     LoopShim(app)
 
     @app.route("/")
@@ -296,7 +307,7 @@ def test_asyncio_primitives_work_on_asyncio_and_fail_clearly_on_trio(
         return "ok"
 
     try:
-        if case.name == "trio":
+        if loop_backend.name == "trio":
             started = time.monotonic()
             with pytest.raises(RuntimeError, match="no running event loop"):
                 app.test_client().get("/")
@@ -307,7 +318,7 @@ def test_asyncio_primitives_work_on_asyncio_and_fail_clearly_on_trio(
         LoopShim.runner(app).close()
 
 
-def test_loop_backend_attribute(case: BackendCase, scope: str) -> None:
+def test_loop_backend_attribute(loop_backend: BackendCase, loop_scope: str) -> None:
     app = Flask(__name__)
     LoopShim(app)
     assert app.loop_backend == loopshim.get_runner().name  # type: ignore[attr-defined]
@@ -319,16 +330,16 @@ def test_loop_backend_attribute(case: BackendCase, scope: str) -> None:
         return sniffio.current_async_library()
 
     assert app.test_client().get("/").text == "asyncio"
-    app.loop_backend = case.name  # type: ignore[attr-defined]
-    assert app.loop_backend == case.name  # type: ignore[attr-defined]
-    expected = "trio" if case.name == "trio" else "asyncio"
+    app.loop_backend = loop_backend.name  # type: ignore[attr-defined]
+    assert app.loop_backend == loop_backend.name  # type: ignore[attr-defined]
+    expected = "trio" if loop_backend.name == "trio" else "asyncio"
     assert app.test_client().get("/").text == expected
     with pytest.raises(loopshim.BackendNotFound, match="available"):
         app.loop_backend = "tornado"  # type: ignore[attr-defined]
-    assert app.loop_backend == case.name  # type: ignore[attr-defined]
+    assert app.loop_backend == loop_backend.name  # type: ignore[attr-defined]
 
 
-def test_loop_backend_accepts_a_runner(runner: loopshim.LoopRunner) -> None:
+def test_loop_backend_accepts_a_runner(loop_runner: loopshim.LoopRunner) -> None:
     app = Flask(__name__)
     LoopShim(app)
 
@@ -336,14 +347,48 @@ def test_loop_backend_accepts_a_runner(runner: loopshim.LoopRunner) -> None:
     async def home() -> str:
         return str(threading.get_ident())
 
-    app.loop_backend = runner  # type: ignore[attr-defined]
-    assert LoopShim.runner(app) is runner
-    assert app.loop_backend == runner.name  # type: ignore[attr-defined]
+    app.loop_backend = loop_runner  # type: ignore[attr-defined]
+    assert LoopShim.runner(app) is loop_runner
+    assert app.loop_backend == loop_runner.name  # type: ignore[attr-defined]
     served_by = int(app.test_client().get("/").text)
-    assert served_by == runner.run(_thread_id)
-    with pytest.raises(loopshim.BackendNotFound, match="a backend name is a string"):
+    assert served_by == loop_runner.run(_thread_id)
+    with pytest.raises(TypeError, match=r"takes a backend name .* or a LoopRunner; got 42"):
         app.loop_backend = 42  # type: ignore[attr-defined]
-    assert LoopShim.runner(app) is runner
+    assert LoopShim.runner(app) is loop_runner
+    assert app.config["LOOPSHIM_BACKEND"] == loop_runner.name
+
+
+def test_switching_the_backend_updates_the_config() -> None:
+    pytest.importorskip("trio")
+    app = Flask(__name__)
+    LoopShim(app)
+    app.loop_backend = "trio"  # type: ignore[attr-defined]
+    assert app.config["LOOPSHIM_BACKEND"] == "trio"
+
+
+def test_an_option_of_another_backend_names_loopshim_options() -> None:
+    pytest.importorskip("trio")
+    app = Flask(__name__)
+    app.config.update(LOOPSHIM_BACKEND="trio", LOOPSHIM_OPTIONS={"driver": "public"})
+    LoopShim(app)
+    with pytest.raises(loopshim.OptionError, match=r"unknown option 'driver'.*LOOPSHIM_OPTIONS"):
+        app.loop_backend = "asyncio"  # type: ignore[attr-defined]
+    assert app.loop_backend == "trio"  # type: ignore[attr-defined]
+
+
+def test_unhashable_options_explain_what_an_app_can_do() -> None:
+    class UnhashableFactory:
+        __hash__ = None  # type: ignore[assignment]
+
+        def __call__(self) -> Any:
+            import asyncio
+
+            return asyncio.new_event_loop()
+
+    app = Flask(__name__)
+    app.config["LOOPSHIM_OPTIONS"] = {"loop_factory": UnhashableFactory()}
+    with pytest.raises(loopshim.OptionError, match=r"must be hashable.*app\.loop_backend = runner"):
+        LoopShim(app)
 
 
 async def _thread_id() -> int:
@@ -437,13 +482,13 @@ def test_ensure_sync_outside_flask() -> None:
     assert loopshim.ensure_sync(coro)() == 2
 
 
-def test_documented_override_path_with_own_ensure_sync(case: BackendCase) -> None:
+def test_documented_override_path_with_own_ensure_sync(loop_backend: BackendCase) -> None:
     class TrioFlask(Flask):
         def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
             import inspect
 
             if inspect.iscoroutinefunction(func):
-                return loopshim.get_runner(case.name, **case.options).wrap(func)
+                return loopshim.get_runner(loop_backend.name, **loop_backend.options).wrap(func)
             return func
 
     app = TrioFlask(__name__)
@@ -455,7 +500,7 @@ def test_documented_override_path_with_own_ensure_sync(case: BackendCase) -> Non
         await anyio.sleep(0)
         return sniffio.current_async_library()
 
-    expected = "trio" if case.name == "trio" else "asyncio"
+    expected = "trio" if loop_backend.name == "trio" else "asyncio"
     assert app.test_client().get("/").text == expected
 
 
@@ -530,14 +575,16 @@ def test_every_kind_of_async_callable_runs_on_the_runner(app: Flask) -> None:
         app.async_to_sync(plain)
 
 
-def test_an_apps_own_ensure_sync_is_kept(case: BackendCase) -> None:
+def test_an_apps_own_ensure_sync_is_kept(loop_backend: BackendCase) -> None:
     class OwnFlask(Flask):
         def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
             events.append("own ensure_sync")
             return super().ensure_sync(func)
 
     app = OwnFlask(__name__)
-    app.config.update(LOOPSHIM_BACKEND=case.name, LOOPSHIM_OPTIONS=dict(case.options))
+    app.config.update(
+        LOOPSHIM_BACKEND=loop_backend.name, LOOPSHIM_OPTIONS=dict(loop_backend.options)
+    )
     LoopShim(app)
 
     @app.route("/")
@@ -547,7 +594,7 @@ def test_an_apps_own_ensure_sync_is_kept(case: BackendCase) -> None:
         return sniffio.current_async_library()
 
     events.clear()
-    expected = "trio" if case.name == "trio" else "asyncio"
+    expected = "trio" if loop_backend.name == "trio" else "asyncio"
     try:
         assert app.test_client().get("/").text == expected
         assert events == ["own ensure_sync"]
@@ -663,7 +710,7 @@ def test_a_file_response_reaches_the_server_as_its_file_wrapper(app: Flask, tmp_
 
 @pytest.mark.parametrize("requests", [0, 1])
 def test_an_app_is_freed_as_soon_as_its_last_reference_goes(
-    case: BackendCase, scope: str, requests: int
+    loop_backend: BackendCase, loop_scope: str, requests: int
 ) -> None:
     import gc
     import weakref
@@ -676,7 +723,9 @@ def test_an_app_is_freed_as_soon_as_its_last_reference_goes(
     try:
         app = Flask(__name__)
         app.config.update(
-            LOOPSHIM_BACKEND=case.name, LOOPSHIM_SCOPE=scope, LOOPSHIM_OPTIONS=case.options
+            LOOPSHIM_BACKEND=loop_backend.name,
+            LOOPSHIM_SCOPE=loop_scope,
+            LOOPSHIM_OPTIONS=loop_backend.options,
         )
         LoopShim(app)
         runner = LoopShim.runner(app)  # the runner does not refer to the app
@@ -685,8 +734,8 @@ def test_an_app_is_freed_as_soon_as_its_last_reference_goes(
             assert app.test_client().get("/").text == "hello"
         ref = weakref.ref(app)
         del app
-        fresh_trio_runs = case.name == "trio" and (
-            scope == "call" or case.options.get("driver") == "public"
+        fresh_trio_runs = loop_backend.name == "trio" and (
+            loop_scope == "call" or loop_backend.options.get("driver") == "public"
         )
         if requests and fresh_trio_runs:
             # A finished trio.run leaves its runner and tasks in reference cycles (trio's
@@ -715,14 +764,14 @@ def test_loop_backend_is_an_ordinary_attribute_for_apps_without_loopshim() -> No
 
 
 @pytest.fixture
-def process_app(case: BackendCase) -> Iterator[Flask]:
+def process_app(loop_backend: BackendCase) -> Iterator[Flask]:
     app = Flask(__name__)
     app.config.update(
         TESTING=True,
         SECRET_KEY="test",
-        LOOPSHIM_BACKEND=case.name,
+        LOOPSHIM_BACKEND=loop_backend.name,
         LOOPSHIM_SCOPE="process",
-        LOOPSHIM_OPTIONS={**case.options, "shutdown_timeout": 0.5},
+        LOOPSHIM_OPTIONS={**loop_backend.options, "shutdown_timeout": 0.5},
     )
     LoopShim(app)
     yield app

@@ -25,16 +25,16 @@ def run_patched(source: str) -> dict[str, object]:
     return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "uvloop"])
-def test_process_scope_waits_cooperatively(backend: str) -> None:
-    if backend == "uvloop":
+@pytest.mark.parametrize("loop_backend", ["asyncio", "uvloop"])
+def test_process_scope_waits_cooperatively(loop_backend: str) -> None:
+    if loop_backend == "uvloop":
         pytest.importorskip("uvloop")
     result = run_patched(f"""
         import asyncio, json, threading
         import gevent
         import loopshim
 
-        runner = loopshim.get_runner({backend!r})
+        runner = loopshim.get_runner({loop_backend!r})
         event = None
         ticks = []
 
@@ -78,13 +78,13 @@ def test_process_scope_waits_cooperatively(backend: str) -> None:
     }
 
 
-@pytest.mark.parametrize("scope", ["thread", "call"])
-def test_thread_and_call_scope_refuse_clearly(scope: str) -> None:
+@pytest.mark.loopshim_scopes("thread", "call")
+def test_thread_and_call_scope_refuse_clearly(loop_scope: str) -> None:
     result = run_patched(f"""
         import json, asyncio
         import loopshim
 
-        runner = loopshim.get_runner("asyncio", scope={scope!r}, cached=False)
+        runner = loopshim.get_runner("asyncio", scope={loop_scope!r}, cached=False)
         try:
             runner.run(asyncio.sleep, 0)
         except loopshim.ScopeError as exc:

@@ -18,9 +18,10 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import BackendCase, make_runner, only_scopes
+from conftest import BackendCase
 
 import loopshim
+from loopshim.pytest_plugin import LoopRunnerFactory
 
 
 def _fds() -> int:
@@ -31,9 +32,11 @@ def _loopshim_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("loopshim-")]
 
 
-@only_scopes("process")
-def test_cancelled_background_futures_count_as_done(case: BackendCase, scope: str) -> None:
-    runner = make_runner(case, scope)
+@pytest.mark.loopshim_scopes("process")
+def test_cancelled_background_futures_count_as_done(
+    loop_runner_factory: LoopRunnerFactory, loop_backend: BackendCase, loop_scope: str
+) -> None:
+    runner = loop_runner_factory()
     by_user = runner.spawn(anyio.sleep, 60)
     by_close = runner.spawn(anyio.sleep, 60)
     finished = runner.spawn(anyio.sleep, 0)
@@ -47,12 +50,17 @@ def test_cancelled_background_futures_count_as_done(case: BackendCase, scope: st
     assert list(concurrent.futures.as_completed([by_user, by_close], timeout=10))
 
 
-@only_scopes("process", "thread")
-def test_a_dropped_private_runner_is_closed_when_collected(case: BackendCase, scope: str) -> None:
+@pytest.mark.loopshim_scopes("process", "thread")
+def test_a_dropped_private_runner_is_closed_when_collected(
+    loop_backend: BackendCase, loop_scope: str
+) -> None:
     before_threads = len(_loopshim_threads())
     before_fds = _fds()
     for _ in range(20):
-        runner = make_runner(case, scope)
+        # Made directly: loop_runner_factory keeps its runners, to close them.
+        runner = loopshim.get_runner(
+            loop_backend.name, scope=loop_scope, cached=False, **loop_backend.options
+        )
         runner.run(anyio.sleep, 0)
         del runner
     gc.collect()
@@ -66,13 +74,13 @@ def test_a_dropped_private_runner_is_closed_when_collected(case: BackendCase, sc
     assert _fds() <= before_fds + 4
 
 
-@only_scopes("thread")
+@pytest.mark.loopshim_scopes("thread")
 def test_thread_scope_closes_the_loops_of_threads_threading_did_not_start(
-    case: BackendCase, scope: str
+    loop_runner_factory: LoopRunnerFactory, loop_backend: BackendCase, loop_scope: str
 ) -> None:
     # mod_wsgi and uWSGI serve requests in C threads: current_thread() is a dummy
     # thread that never looks dead, and a new thread may reuse an ended one's id.
-    runner = make_runner(case, scope)
+    runner = loop_runner_factory()
     before = _fds()
     done = threading.Semaphore(0)
 
@@ -91,25 +99,28 @@ def test_thread_scope_closes_the_loops_of_threads_threading_did_not_start(
     assert _fds() <= before + 4
 
 
-@only_scopes("process")
+@pytest.mark.loopshim_scopes("process")
 def test_after_a_loop_thread_dies_the_next_calls_get_a_new_loop(
-    case: BackendCase, scope: str, caplog: pytest.LogCaptureFixture
+    loop_runner_factory: LoopRunnerFactory,
+    loop_backend: BackendCase,
+    loop_scope: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    runner = make_runner(case, scope)
+    runner = loop_runner_factory()
     assert runner.run(anyio.sleep, 0) is None
     for _ in range(5):
-        dead = _kill_loop_thread(runner, case)
+        dead = _kill_loop_thread(runner, loop_backend)
         dead.join(10)
         assert not dead.is_alive()
         assert runner.run(anyio.sleep, 0) is None  # not RunnerClosed
     runner.close()
 
 
-def _kill_loop_thread(runner: loopshim.LoopRunner, case: BackendCase) -> threading.Thread:
-    (thread,) = [t for t in threading.enumerate() if t.name == f"loopshim-{case.name}"]
+def _kill_loop_thread(runner: loopshim.LoopRunner, backend: BackendCase) -> threading.Thread:
+    (thread,) = [t for t in threading.enumerate() if t.name == f"loopshim-{backend.name}"]
 
     async def kill() -> None:
-        if case.name == "trio":
+        if backend.name == "trio":
             import trio
 
             def die() -> None:
@@ -223,3 +234,34 @@ def test_importing_loopshim_registers_nothing_with_the_interpreter() -> None:
         "after use: ['loopshim._core._lifecycle', 'at_fork loopshim._core._lifecycle']"
         in done.stdout
     )
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_exit_says_what_it_waits_for_and_abandons_quietly(backend: str) -> None:
+    pytest.importorskip(backend)
+    # A forgotten fire-and-forget task delays exit by shutdown_timeout: the log says
+    # so; a task that ignores cancellation is abandoned without a "destroyed but
+    # pending" line from asyncio.
+    code = textwrap.dedent(
+        f"""
+        import logging, anyio, loopshim
+        logging.basicConfig(level=logging.WARNING)
+        runner = loopshim.get_runner({backend!r}, shutdown_timeout=0.3)
+
+        async def forgotten():
+            await anyio.sleep(60)
+
+        async def stubborn():
+            with anyio.CancelScope(shield=True):  # ignores cancellation for a while
+                await anyio.sleep(30)
+
+        runner.spawn(forgotten)
+        if {backend!r} == "asyncio":
+            runner.spawn(stubborn)
+        runner.run(anyio.sleep, 0.05)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "waiting up to 0.3 s (the " in done.stderr
+    assert "forgotten" in done.stderr
+    assert "destroyed but it is pending" not in done.stderr

@@ -10,9 +10,10 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import BackendCase, make_runner
+from conftest import BackendCase
 
 import loopshim
+from loopshim.pytest_plugin import LoopRunnerFactory
 
 
 class Client:
@@ -20,7 +21,9 @@ class Client:
         self.closed = False
 
 
-def test_one_instance_per_loop_closed_with_the_loop(case: BackendCase, scope: str) -> None:
+def test_one_instance_per_loop_closed_with_the_loop(
+    loop_runner_factory: LoopRunnerFactory, loop_backend: BackendCase, loop_scope: str
+) -> None:
     made: list[Client] = []
     closed: list[Client] = []
 
@@ -41,15 +44,15 @@ def test_one_instance_per_loop_closed_with_the_loop(case: BackendCase, scope: st
         assert local.get() is first
         return first
 
-    runner = make_runner(case, scope)
+    runner = loop_runner_factory()
     a1, a2 = runner.run(use), runner.run(use)
     other: list[Client] = []
     t = threading.Thread(target=lambda: other.append(runner.run(use)))
     t.start()
     t.join(30)
-    if scope == "process":
+    if loop_scope == "process":
         assert a1 is a2 is other[0]  # one loop for everybody
-    elif scope == "thread" and case.options.get("driver") != "public":
+    elif loop_scope == "thread" and loop_backend.options.get("driver") != "public":
         assert a1 is a2  # one loop per thread
         assert other[0] is not a1
     else:
@@ -78,7 +81,7 @@ def test_get_on_a_foreign_loop_is_an_error() -> None:
 
 @pytest.mark.parametrize("failure", [RuntimeError("aclose failed"), asyncio.CancelledError()])
 def test_failing_aclose_is_logged_and_others_still_close(
-    case: BackendCase, scope: str, failure: BaseException, caplog: pytest.LogCaptureFixture
+    loop_runner_factory: LoopRunnerFactory, failure: BaseException, caplog: pytest.LogCaptureFixture
 ) -> None:
     closed: list[str] = []
 
@@ -96,7 +99,7 @@ def test_failing_aclose_is_logged_and_others_still_close(
         second.get()
         return "done"
 
-    runner = make_runner(case, scope)
+    runner = loop_runner_factory()
     with caplog.at_level(logging.ERROR, logger="loopshim"):
         assert runner.run(use) == "done"  # in call scope the loop closes within the call
         runner.close()
@@ -161,12 +164,14 @@ class TrioWorkerClient:
 
 
 def test_values_close_while_library_tasks_still_run(
-    case: BackendCase, scope: str, caplog: pytest.LogCaptureFixture
+    loop_runner_factory: LoopRunnerFactory,
+    loop_backend: BackendCase,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # The shutdown order: loopshim's own jobs, then loop-local values (whose aclose may
     # await the client's own tasks), and only then is whatever is left cancelled. And
     # close() does not wait the grace period out for the client's long-lived worker.
-    client_type = TrioWorkerClient if case.name == "trio" else AsyncioWorkerClient
+    client_type = TrioWorkerClient if loop_backend.name == "trio" else AsyncioWorkerClient
     closed: list[int] = []
 
     async def aclose(client: Any) -> None:
@@ -178,7 +183,7 @@ def test_values_close_while_library_tasks_still_run(
     async def view() -> str:
         return await client.get().query()  # type: ignore[no-any-return]
 
-    runner = make_runner(case, scope, shutdown_timeout=60)
+    runner = loop_runner_factory(shutdown_timeout=60)
     with caplog.at_level(logging.WARNING, logger="loopshim"):
         assert [runner.run(view) for _ in range(3)] == ["ok"] * 3
         started = time.monotonic()
@@ -192,7 +197,9 @@ def test_values_close_while_library_tasks_still_run(
 
 
 def test_an_aclose_that_never_finishes_is_bounded(
-    case: BackendCase, scope: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    loop_runner_factory: LoopRunnerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from loopshim._core import _backend
 
@@ -213,7 +220,7 @@ def test_an_aclose_that_never_finishes_is_bounded(
         stuck.get()
         return "done"
 
-    runner = make_runner(case, scope)
+    runner = loop_runner_factory()
     with caplog.at_level(logging.ERROR, logger="loopshim"):
         outcome: list[Any] = []
         worker = threading.Thread(target=lambda: outcome.append((runner.run(use), runner.close())))
@@ -233,18 +240,20 @@ class Awaitable:
         return self
 
 
-def test_values_may_be_awaitable(case: BackendCase, scope: str) -> None:
+def test_values_may_be_awaitable(loop_runner_factory: LoopRunnerFactory) -> None:
     local = loopshim.loop_local(Awaitable)
 
     async def use() -> bool:
         value = local.get()
         return isinstance(value, Awaitable) and local.get() is value
 
-    with make_runner(case, scope) as runner:
+    with loop_runner_factory() as runner:
         assert runner.run(use) is True
 
 
-def test_an_async_factory_is_awaited_once_per_loop_by_aget(case: BackendCase, scope: str) -> None:
+def test_an_async_factory_is_awaited_once_per_loop_by_aget(
+    loop_runner_factory: LoopRunnerFactory,
+) -> None:
     made: list[Client] = []
 
     async def make() -> Client:
@@ -266,14 +275,16 @@ def test_an_async_factory_is_awaited_once_per_loop_by_aget(case: BackendCase, sc
         results.append(await local.aget())
         return results
 
-    runner = make_runner(case, scope)
+    runner = loop_runner_factory()
     results = runner.run(use)
     runner.close()
     assert len(made) == 1
     assert all(r is made[0] for r in results)
 
 
-def test_a_failing_async_factory_is_retried_by_the_next_aget(case: BackendCase, scope: str) -> None:
+def test_a_failing_async_factory_is_retried_by_the_next_aget(
+    loop_runner_factory: LoopRunnerFactory,
+) -> None:
     attempts: list[int] = []
 
     async def make() -> Client:
@@ -291,7 +302,7 @@ def test_a_failing_async_factory_is_retried_by_the_next_aget(case: BackendCase, 
             first = str(exc)
         return first, isinstance(await local.aget(), Client)
 
-    with make_runner(case, scope) as runner:
+    with loop_runner_factory() as runner:
         assert runner.run(use) == ("database not ready", True)
 
 

@@ -94,18 +94,24 @@ PROTOCOL_RAISES = {
     ("flask.py", "__delete__"): "AttributeError",
     ("flask.py", "_state"): "AttributeError",  # read through __get__
     ("__main__.py", "<module>"): "SystemExit",  # the exit status of python -m loopshim
+    # loopshim_timeout, like the runners' timeout option: the builtin (DESIGN.md).
+    ("pytest_plugin.py", "_call"): "TimeoutError",
 }
 
 
 #: Functions that make a loopshim error for the caller to raise.
-ERROR_FACTORIES = {"reentrant_error"}
+ERROR_FACTORIES = {"close_in_loop_error", "own_loop_error", "foreign_loop_error", "_explained"}
 
 
 def test_error_factories_make_loopshim_errors() -> None:
-    from loopshim import _core
+    from loopshim import _core, flask
 
-    for name in ERROR_FACTORIES:
-        assert isinstance(getattr(_core, name)("asyncio", "run()"), loopshim.LoopshimError)
+    closing = _core.close_in_loop_error("asyncio", "asyncio", own_loop=True)
+    assert isinstance(closing, loopshim.LoopshimError)
+    assert isinstance(_core.own_loop_error("asyncio", "asyncio"), loopshim.LoopshimError)
+    assert isinstance(_core.foreign_loop_error("trio", "thread"), loopshim.LoopshimError)
+    explained = flask._explained(loopshim.OptionError("unknown option 'x'"), "asyncio", {"x": 1})
+    assert isinstance(explained, loopshim.LoopshimError)
 
 
 def _raises(tree: ast.AST) -> list[tuple[str, str]]:

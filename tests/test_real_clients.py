@@ -40,7 +40,6 @@ pytest.importorskip("sqlalchemy.ext.asyncio")
 import psycopg  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-SCOPES = ["process", "thread", "call"]
 ASYNCIO_FAMILY = ["asyncio", "uvloop"]
 #: What each client's view answers for n.
 EXPECTED: dict[str, Callable[[int], object]] = {
@@ -70,8 +69,11 @@ REQUEST_TIMEOUT = 20.0
 #: Failures after which a client's remaining requests are not sent (a broken worker
 #: must not make the run crawl through every request).
 GIVE_UP_AFTER = 3
-EXIT_WITHIN = 1.0
-SHUTDOWN_TIMEOUT = 5.0
+#: The workers' grace period: long, so that a worker that waits it out (the defect the
+#: exit tests catch) is told apart from a slow one on a busy machine.
+SHUTDOWN_TIMEOUT = 10.0
+#: Slack on top of a wait that is expected, for a busy machine.
+EXIT_WITHIN = 3.0
 
 
 @dataclass
@@ -274,23 +276,22 @@ def summary(log: str) -> str:
 
 
 @pytest.mark.parametrize("client", CLIENTS)
-@pytest.mark.parametrize("scope", SCOPES)
-@pytest.mark.parametrize("backend", ASYNCIO_FAMILY)
+@pytest.mark.parametrize("loop_backend", ASYNCIO_FAMILY)
 def test_every_response_is_correct(
-    served: Callable[[str, str], Run], backend: str, scope: str, client: str
+    served: Callable[[str, str], Run], loop_backend: str, loop_scope: str, client: str
 ) -> None:
-    answers = served(backend, scope).answers[client]
+    answers = served(loop_backend, loop_scope).answers[client]
     assert len(answers) == REQUESTS
     ok = correct_value(client)
     assert all(a.status == 200 and ok(a) for a in answers), wrong(answers, ok)
 
 
 @pytest.mark.parametrize("client", POOLED)
-@pytest.mark.parametrize("backend", ASYNCIO_FAMILY)
+@pytest.mark.parametrize("loop_backend", ASYNCIO_FAMILY)
 def test_50_concurrent_requests_share_a_pool_of_10(
-    served: Callable[[str, str], Run], backend: str, client: str
+    served: Callable[[str, str], Run], loop_backend: str, client: str
 ) -> None:
-    answers = served(backend, "process").concurrent[client]
+    answers = served(loop_backend, "process").concurrent[client]
     assert len(answers) == CONCURRENT
     ok = correct_value(client)
     assert all(a.status == 200 and ok(a) for a in answers), wrong(answers, ok)
@@ -299,29 +300,28 @@ def test_50_concurrent_requests_share_a_pool_of_10(
     assert max(a.json()["peak"] for a in answers) > POOL_SIZE["process"]
 
 
-@pytest.mark.parametrize("scope", SCOPES)
-@pytest.mark.parametrize("backend", ASYNCIO_FAMILY)
+@pytest.mark.parametrize("loop_backend", ASYNCIO_FAMILY)
 def test_the_worker_never_died_and_shut_down_cleanly(
-    served: Callable[[str, str], Run], backend: str, scope: str
+    served: Callable[[str, str], Run], loop_backend: str, loop_scope: str
 ) -> None:
-    run = served(backend, scope)
+    run = served(loop_backend, loop_scope)
     assert run.pids[0] == run.pids[-1], "the worker was replaced:\n" + summary(run.log)
     assert "Booting worker" not in run.log, summary(run.log)
     assert run.code == 0, summary(run.shutdown_log)
     assert log_problems(run.shutdown_log) == [], run.shutdown_log[-5000:]
 
 
-@pytest.mark.parametrize("scope", SCOPES)
-@pytest.mark.parametrize("backend", ASYNCIO_FAMILY)
-def test_the_worker_exits_within_1s_of_sigterm_when_nothing_is_in_flight(
-    served: Callable[[str, str], Run], backend: str, scope: str
+@pytest.mark.parametrize("loop_backend", ASYNCIO_FAMILY)
+def test_the_worker_exits_at_sigterm_without_waiting_when_nothing_is_in_flight(
+    served: Callable[[str, str], Run], loop_backend: str, loop_scope: str
 ) -> None:
     """With its clients open (in process scope the module-level psycopg pool, whose
     worker tasks never end by themselves; in thread scope every thread's loop-local
     pools), nothing spawned and no request in flight."""
-    seconds = served(backend, scope).exit_seconds
+    seconds = served(loop_backend, loop_scope).exit_seconds
     assert seconds is not None, "the worker was still running 30 s after SIGTERM"
-    assert seconds < EXIT_WITHIN, (
+    # Typically 0.2-0.6 s; waiting out the grace period was the defect.
+    assert seconds < SHUTDOWN_TIMEOUT / 2, (
         f"the worker took {seconds:.2f} s from SIGTERM to exit "
         f"(shutdown_timeout={SHUTDOWN_TIMEOUT:g})"
     )
@@ -330,9 +330,8 @@ def test_the_worker_exits_within_1s_of_sigterm_when_nothing_is_in_flight(
 # --- trio -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("scope", SCOPES)
-def test_httpx_works_on_trio(served: Callable[[str, str], Run], scope: str) -> None:
-    run = served("trio", scope)
+def test_httpx_works_on_trio(served: Callable[[str, str], Run], loop_scope: str) -> None:
+    run = served("trio", loop_scope)
     answers = run.answers["httpx"]
     assert len(answers) == REQUESTS
     ok = correct_value("httpx")
@@ -342,14 +341,13 @@ def test_httpx_works_on_trio(served: Callable[[str, str], Run], scope: str) -> N
 
 
 @pytest.mark.parametrize("client", ASYNCIO_ONLY)
-@pytest.mark.parametrize("scope", SCOPES)
 def test_asyncio_only_clients_fail_at_once_on_trio_saying_why(
-    served: Callable[[str, str], Run], scope: str, client: str
+    served: Callable[[str, str], Run], loop_scope: str, client: str
 ) -> None:
     """asyncpg, redis.asyncio and psycopg's async pool need an asyncio loop: on trio
     they fail (never hang), and the error — its notes included — names trio and says
     to use asyncio or uvloop."""
-    answers = served("trio", scope).answers[client]
+    answers = served("trio", loop_scope).answers[client]
     assert len(answers) == TRIO_TRIES
     for answer in answers:
         assert answer.status == 500, answer
@@ -364,18 +362,18 @@ def test_asyncio_only_clients_fail_at_once_on_trio_saying_why(
 # --- background writes at SIGTERM --------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ASYNCIO_FAMILY)
+@pytest.mark.parametrize("loop_backend", ASYNCIO_FAMILY)
 def test_sigterm_drains_background_writes_and_logs_those_it_cancels(
-    backend: str, app_env: dict[str, str], postgres_dsn: str, tmp_path: Path
+    loop_backend: str, app_env: dict[str, str], postgres_dsn: str, tmp_path: Path
 ) -> None:
-    if backend != "asyncio":
-        pytest.importorskip(backend)
+    if loop_backend != "asyncio":
+        pytest.importorskip(loop_backend)
     quick, slow, grace = 20, 10, 2.0
     table = f"writes_{uuid.uuid4().hex}"
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {table} (n integer PRIMARY KEY)")
     env = {**app_env, "WRITES_TABLE": table, "SHUTDOWN_TIMEOUT": str(grace)}
-    server = start_app(tmp_path, env, backend, "process")
+    server = start_app(tmp_path, env, loop_backend, "process")
     try:
         pid = worker_pid(server)
         spawned = [f"/spawn/{n}?delay=0.5" for n in range(quick)]

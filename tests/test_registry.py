@@ -73,16 +73,21 @@ def test_unknown_scope() -> None:
     ("options", "pattern"),
     [
         ({"timout": 1}, r"unknown option 'timout' for backend 'asyncio'.*Did you mean 'timeout'"),
-        ({"timeout": -1}, r"'timeout' must be a finite number of seconds greater than 0"),
+        ({"timeout": -1}, r"'timeout' must be a number of seconds greater than 0"),
         ({"timeout": 0}, r"'timeout' must be"),
         ({"timeout": float("inf")}, r"'timeout' must be"),
         ({"timeout": "5"}, r"'timeout' must be.*'5' \(str\)"),
         ({"timeout": True}, r"'timeout' must be"),
         (
             {"shutdown_timeout": -0.5},
-            r"'shutdown_timeout' must be a finite number of seconds, 0 or more",
+            r"'shutdown_timeout' must be a number of seconds, 0 or more",
         ),
         ({"shutdown_timeout": float("nan")}, r"'shutdown_timeout' must be"),
+        # Beyond what the platform can wait: accepted, it would fail inside close().
+        ({"shutdown_timeout": 1e10}, r"'shutdown_timeout' must be .* at most"),
+        ({"timeout": 10**400}, r"'timeout' must be .* at most"),
+        ({"block_warning": 1e10}, r"'block_warning' must be .* at most"),
+        ({"reentrant": "yes"}, r"'reentrant' must be True or False"),
         ({"debug": "yes"}, r"'debug' must be True or False"),
         ({"debug": 1}, r"'debug' must be True or False"),
         ({"loop_factory": 3}, r"'loop_factory' must be a callable"),
@@ -128,8 +133,17 @@ def test_not_an_async_function() -> None:
     def plain() -> int:
         return 1
 
-    with pytest.raises(TypeError, match=r"plain is a regular callable; call it directly"):
+    with pytest.raises(TypeError, match=r"plain is a regular callable.*call it directly"):
         runner.run(plain)  # type: ignore[arg-type]
+    # A lambda around an async call returns a coroutine: calling it directly is no answer.
+    with pytest.raises(TypeError, match=r"returns a coroutine .* run\(async_fn, \*args\)"):
+        runner.run(lambda: answer())  # type: ignore[arg-type,return-value]
+
+    async def numbers() -> Any:
+        yield 1
+
+    with pytest.raises(TypeError, match=r"async generator function: iterate it inside one"):
+        runner.run(numbers)  # type: ignore[arg-type]
     with pytest.raises(
         TypeError, match=r"not a coroutine object: got answer\(\.\.\.\).*run\(fn, \*args\)"
     ):
@@ -138,6 +152,18 @@ def test_not_an_async_function() -> None:
         runner.wrap(plain)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"spawn\(\) takes an async function, got 3"):
         runner.spawn(3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("scope", ["process", "thread", "call"])
+def test_close_from_the_runners_own_loop_says_it_would_wait_for_itself(scope: str) -> None:
+    runner = loopshim.get_runner("asyncio", scope=scope, cached=False)
+
+    async def closes() -> None:
+        runner.close()
+
+    with pytest.raises(loopshim.ReentrantCallError, match="it would wait for itself"):
+        runner.run(closes)
+    runner.close()
 
 
 def test_runners_are_shared() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from conftest import BackendCase, only_scopes
+from conftest import BackendCase
 from servers import serve
 
 import loopshim
@@ -53,10 +53,12 @@ def upstream() -> Iterator[str]:
         yield base
 
 
-def shim_app(case: BackendCase, scope: str) -> Flask:
+def shim_app(loop_backend: BackendCase, loop_scope: str) -> Flask:
     app = Flask(__name__)
     app.config.update(
-        LOOPSHIM_BACKEND=case.name, LOOPSHIM_SCOPE=scope, LOOPSHIM_OPTIONS=dict(case.options)
+        LOOPSHIM_BACKEND=loop_backend.name,
+        LOOPSHIM_SCOPE=loop_scope,
+        LOOPSHIM_OPTIONS=dict(loop_backend.options),
     )
     LoopShim(app)
     return app
@@ -65,8 +67,8 @@ def shim_app(case: BackendCase, scope: str) -> Flask:
 user_id: contextvars.ContextVar[str] = contextvars.ContextVar("user_id", default="anonymous")
 
 
-def test_no_request_sees_another_requests_data(case: BackendCase, scope: str) -> None:
-    app = shim_app(case, scope)
+def test_no_request_sees_another_requests_data(loop_backend: BackendCase, loop_scope: str) -> None:
+    app = shim_app(loop_backend, loop_scope)
 
     async def from_background(uid: str) -> str:
         return f"{uid}:{user_id.get()}"
@@ -81,7 +83,7 @@ def test_no_request_sees_another_requests_data(case: BackendCase, scope: str) ->
             if user_id.get() != uid or g.uid != uid or request.view_args["uid"] != uid:
                 return {"error": f"{uid} saw {user_id.get()}/{g.uid}"}
         background = None
-        if scope == "process":
+        if loop_scope == "process":
             background = await anyio.to_thread.run_sync(
                 lambda: LoopShim.runner(app).spawn(from_background, uid).result(10)
             )
@@ -97,24 +99,26 @@ def test_no_request_sees_another_requests_data(case: BackendCase, scope: str) ->
             assert body["uid"] == uid
             assert body["g"] == uid
             assert body["start"] == "anonymous"
-            if scope == "process":
+            if loop_scope == "process":
                 # A spawned task gets an empty context: the request's id does not reach it.
                 assert body["bg"] == f"{uid}:anonymous"
     finally:
         LoopShim.runner(app).close()
 
 
-def test_wsgi_adapter_under_a_real_server(case: BackendCase, scope: str) -> None:
+def test_wsgi_adapter_under_a_real_server(loop_backend: BackendCase, loop_scope: str) -> None:
     async def handler(req: Request) -> Response:
         user_id.set(req.args["n"])
         await anyio.sleep(random.uniform(0, 0.003))
         return Response(f"{req.args['n']} {user_id.get()}")
 
-    application = to_wsgi(handler, backend=case.name, scope=scope, **case.options)
+    application = to_wsgi(
+        handler, backend=loop_backend.name, scope=loop_scope, **loop_backend.options
+    )
     with serve(application) as base:
         responses = load(base, [f"/?n={i}" for i in range(REQUESTS)])
     assert [r.text for r in responses] == [f"{i} {i}" for i in range(REQUESTS)]
-    loopshim.get_runner(case.name, scope=scope, **case.options).close()
+    loopshim.get_runner(loop_backend.name, scope=loop_scope, **loop_backend.options).close()
 
 
 def test_wsgi_adapter_rejects_bad_handlers_and_results() -> None:
@@ -134,15 +138,15 @@ def test_wsgi_adapter_rejects_bad_handlers_and_results() -> None:
         Client(application).get("/")
 
 
-@only_scopes("process")
+@pytest.mark.loopshim_scopes("process")
 def test_module_level_loop_bound_objects_survive_requests(
-    case: BackendCase, scope: str, upstream: str
+    loop_backend: BackendCase, loop_scope: str, upstream: str
 ) -> None:
     """The top complaint about Flask's async views: a client or queue created once
     works on the first request and breaks on the second. Not here."""
     client = httpx.AsyncClient(base_url=upstream)
-    queue: asyncio.Queue[int] | None = None if case.name == "trio" else asyncio.Queue()
-    app = shim_app(case, scope)
+    queue: asyncio.Queue[int] | None = None if loop_backend.name == "trio" else asyncio.Queue()
+    app = shim_app(loop_backend, loop_scope)
 
     @app.route("/proxy/<int:n>")
     async def proxy(n: int) -> str:
@@ -162,9 +166,9 @@ def test_module_level_loop_bound_objects_survive_requests(
         runner.close()
 
 
-@only_scopes("thread")
+@pytest.mark.loopshim_scopes("thread")
 def test_loop_local_client_survives_requests_in_thread_scope(
-    case: BackendCase, scope: str, upstream: str
+    loop_backend: BackendCase, loop_scope: str, upstream: str
 ) -> None:
     clients: list[httpx.AsyncClient] = []
 
@@ -176,7 +180,7 @@ def test_loop_local_client_survives_requests_in_thread_scope(
         await c.aclose()
 
     client = loopshim.loop_local(make_client, aclose=close_client)
-    app = shim_app(case, scope)
+    app = shim_app(loop_backend, loop_scope)
 
     @app.route("/proxy/<int:n>")
     async def proxy(n: int) -> str:
@@ -187,7 +191,7 @@ def test_loop_local_client_survives_requests_in_thread_scope(
         assert [test_client.get(f"/proxy/{n}").text for n in range(5)] == [
             f"pong n={n}" for n in range(5)
         ]
-        if case.options.get("driver") != "public":
+        if loop_backend.options.get("driver") != "public":
             assert len(clients) == 1  # one client, reused by all five requests
     finally:
         LoopShim.runner(app).close()

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import SCOPES, asyncio_runner
 
 import loopshim
+from loopshim.pytest_plugin import LoopRunnerFactory
 
 #: The runners' grace period: long enough that waiting it out is unmistakable.
 SHUTDOWN_TIMEOUT = 5.0
@@ -73,10 +73,9 @@ def attempt(fn: Callable[..., Any], *args: Any) -> tuple[float, Any, BaseExcepti
     return time.monotonic() - started, result, None
 
 
-@pytest.mark.parametrize("scope", SCOPES)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("loop_backend", BACKENDS)
 def test_a_client_that_awaits_its_worker_closes_cleanly_and_quickly(
-    backend: str, scope: str, caplog: pytest.LogCaptureFixture
+    loop_runner_factory: LoopRunnerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     client, made = queue_client()
 
@@ -85,7 +84,7 @@ def test_a_client_that_awaits_its_worker_closes_cleanly_and_quickly(
         await asyncio.sleep(0)
         return n
 
-    runner = asyncio_runner(backend, scope, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    runner = loop_runner_factory(shutdown_timeout=SHUTDOWN_TIMEOUT)
     problems: list[str] = []
     with caplog.at_level(logging.DEBUG, logger="loopshim"):
         try:
@@ -120,9 +119,10 @@ def test_a_client_that_awaits_its_worker_closes_cleanly_and_quickly(
         pytest.fail("\n".join(problems))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.loopshim_scopes("thread")
+@pytest.mark.parametrize("loop_backend", BACKENDS)
 def test_a_dead_threads_loop_is_closed_without_failing_another_threads_call(
-    backend: str, caplog: pytest.LogCaptureFixture
+    loop_runner_factory: LoopRunnerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     """On a thread-per-request server, the loop of a thread that has ended is closed by
     the next call that opens a loop: that unrelated call must not pay for it."""
@@ -136,7 +136,7 @@ def test_a_dead_threads_loop_is_closed_without_failing_another_threads_call(
         await asyncio.sleep(0)
         return "unrelated"
 
-    runner = asyncio_runner(backend, "thread", shutdown_timeout=SHUTDOWN_TIMEOUT)
+    runner = loop_runner_factory(shutdown_timeout=SHUTDOWN_TIMEOUT)
     answers: list[Any] = []
     try:
         with caplog.at_level(logging.DEBUG, logger="loopshim"):
@@ -164,9 +164,8 @@ def test_a_dead_threads_loop_is_closed_without_failing_another_threads_call(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
-@pytest.mark.parametrize("scope", SCOPES)
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_loop_local_accepts_awaitable_clients(backend: str, scope: str) -> None:
+@pytest.mark.parametrize("loop_backend", BACKENDS)
+def test_loop_local_accepts_awaitable_clients(loop_runner_factory: LoopRunnerFactory) -> None:
     """``redis.asyncio.Redis`` and ``asyncpg.Pool`` define ``__await__`` (awaiting one
     initialises it); ``loop_local`` hands them over as they are. Neither connects here."""
     redis_asyncio = pytest.importorskip("redis.asyncio")
@@ -192,7 +191,7 @@ def test_loop_local_accepts_awaitable_clients(backend: str, scope: str) -> None:
         assert redis_client.get() is first
         return type(first).__name__, type(pool.get()).__name__, pool.get() is pool.get()
 
-    runner = asyncio_runner(backend, scope)
+    runner = loop_runner_factory()
     try:
         assert runner.run(use) == ("Redis", "Pool", True)
     finally:

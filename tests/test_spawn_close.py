@@ -13,18 +13,18 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import BackendCase, asyncio_runner, make_runner, only_scopes
+from conftest import BackendCase
 
 import loopshim
-from loopshim._options import SCOPES
+from loopshim.pytest_plugin import LoopRunnerFactory
 
 
 def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-@only_scopes("process")
-def test_spawned_task_outlives_the_call_that_started_it(runner: loopshim.LoopRunner) -> None:
+@pytest.mark.loopshim_scopes("process")
+def test_spawned_task_outlives_the_call_that_started_it(loop_runner: loopshim.LoopRunner) -> None:
     release = threading.Event()
 
     async def background(n: int) -> int:
@@ -33,30 +33,30 @@ def test_spawned_task_outlives_the_call_that_started_it(runner: loopshim.LoopRun
         return n * 2
 
     async def view() -> concurrent.futures.Future[int]:
-        return runner.spawn(background, 21)
+        return loop_runner.spawn(background, 21)
 
-    future = runner.run(view)
+    future = loop_runner.run(view)
     assert isinstance(future, concurrent.futures.Future)
     assert not future.done()  # the call returned, the task goes on
     release.set()
     assert future.result(timeout=10) == 42
 
 
-@only_scopes("process")
-def test_spawn_from_sync_code_never_blocks(runner: loopshim.LoopRunner) -> None:
+@pytest.mark.loopshim_scopes("process")
+def test_spawn_from_sync_code_never_blocks(loop_runner: loopshim.LoopRunner) -> None:
     async def slow() -> str:
         await anyio.sleep(0.3)
         return "done"
 
     started = time.monotonic()
-    future = runner.spawn(slow)
+    future = loop_runner.spawn(slow)
     assert time.monotonic() - started < 0.25
     assert future.result(timeout=10) == "done"
 
 
-@only_scopes("process")
+@pytest.mark.loopshim_scopes("process")
 def test_background_failure_is_logged_and_lands_in_future(
-    runner: loopshim.LoopRunner, caplog: pytest.LogCaptureFixture
+    loop_runner: loopshim.LoopRunner, caplog: pytest.LogCaptureFixture
 ) -> None:
     error = RuntimeError("background failure")
 
@@ -65,17 +65,17 @@ def test_background_failure_is_logged_and_lands_in_future(
         raise error
 
     with caplog.at_level(logging.ERROR, logger="loopshim"):
-        future = runner.spawn(fails)
+        future = loop_runner.spawn(fails)
         assert future.exception(timeout=10) is error
     assert any(r.exc_info and r.exc_info[1] is error for r in caplog.records)
     assert "background task" in caplog.text
     assert "fails" in caplog.text
     # The loop survived it.
-    assert runner.run(anyio.sleep, 0) is None
+    assert loop_runner.run(anyio.sleep, 0) is None
 
 
-@only_scopes("process")
-def test_spawned_task_does_not_see_the_callers_context(runner: loopshim.LoopRunner) -> None:
+@pytest.mark.loopshim_scopes("process")
+def test_spawned_task_does_not_see_the_callers_context(loop_runner: loopshim.LoopRunner) -> None:
     import contextvars
 
     user = contextvars.ContextVar("user", default="nobody")
@@ -85,13 +85,13 @@ def test_spawned_task_does_not_see_the_callers_context(runner: loopshim.LoopRunn
 
     async def view() -> concurrent.futures.Future[str]:
         user.set("alice")
-        return runner.spawn(who)
+        return loop_runner.spawn(who)
 
-    assert runner.run(view).result(timeout=10) == "nobody"
+    assert loop_runner.run(view).result(timeout=10) == "nobody"
 
 
-@only_scopes("process")
-def test_cancelling_the_future_cancels_the_task(runner: loopshim.LoopRunner) -> None:
+@pytest.mark.loopshim_scopes("process")
+def test_cancelling_the_future_cancels_the_task(loop_runner: loopshim.LoopRunner) -> None:
     cancelled = threading.Event()
     running = threading.Event()
 
@@ -103,14 +103,14 @@ def test_cancelling_the_future_cancels_the_task(runner: loopshim.LoopRunner) -> 
             cancelled.set()
             raise
 
-    future = runner.spawn(forever)
+    future = loop_runner.spawn(forever)
     assert running.wait(10)
     assert future.cancel()
     assert cancelled.wait(10)
 
 
-@only_scopes("process")
-def test_close_drains_then_cancels(case: BackendCase, scope: str) -> None:
+@pytest.mark.loopshim_scopes("process")
+def test_close_drains_then_cancels(loop_runner_factory: LoopRunnerFactory) -> None:
     outcome: dict[str, str] = {}
 
     async def quick() -> None:
@@ -125,7 +125,7 @@ def test_close_drains_then_cancels(case: BackendCase, scope: str) -> None:
             outcome["endless"] = "cancelled"
             raise
 
-    runner = make_runner(case, scope, shutdown_timeout=1.0)
+    runner = loop_runner_factory(shutdown_timeout=1.0)
     quick_future = runner.spawn(quick)
     endless_future = runner.spawn(endless)
     started = time.monotonic()
@@ -137,9 +137,9 @@ def test_close_drains_then_cancels(case: BackendCase, scope: str) -> None:
     assert endless_future.cancelled()
 
 
-@only_scopes("process")
+@pytest.mark.loopshim_scopes("process")
 def test_tasks_cancelled_at_close_are_logged_once_with_their_names(
-    case: BackendCase, scope: str, caplog: pytest.LogCaptureFixture
+    loop_runner_factory: LoopRunnerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def write_order(n: int) -> None:
         await anyio.sleep(60)
@@ -147,7 +147,7 @@ def test_tasks_cancelled_at_close_are_logged_once_with_their_names(
     async def send_receipt() -> None:
         await anyio.sleep(60)
 
-    runner = make_runner(case, scope)
+    runner = loop_runner_factory()
     for n in range(3):
         runner.spawn(write_order, n)
     runner.spawn(send_receipt)
@@ -161,9 +161,10 @@ def test_tasks_cancelled_at_close_are_logged_once_with_their_names(
     assert "shutdown_timeout" in lines[0]
 
 
-@only_scopes("process", "thread", "call")
 def test_close_does_not_wait_for_tasks_loopshim_does_not_own(
-    case: BackendCase, scope: str, caplog: pytest.LogCaptureFixture
+    loop_runner_factory: LoopRunnerFactory,
+    loop_backend: BackendCase,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # A library's long-lived task (a pool's worker, a pubsub reader) is cancelled once
     # loopshim's own work is done; close() does not sit out the grace period for it.
@@ -176,7 +177,7 @@ def test_close_does_not_wait_for_tasks_loopshim_does_not_own(
             stopped.append("reader")
 
     async def start_reader() -> None:
-        if case.name == "trio":
+        if loop_backend.name == "trio":
             import trio
 
             trio.lowlevel.spawn_system_task(reader)
@@ -185,7 +186,7 @@ def test_close_does_not_wait_for_tasks_loopshim_does_not_own(
 
             asyncio.get_running_loop().create_task(reader())
 
-    runner = make_runner(case, scope, shutdown_timeout=60)
+    runner = loop_runner_factory(shutdown_timeout=60)
     with caplog.at_level(logging.WARNING, logger="loopshim"):
         runner.run(start_reader)
         started = time.monotonic()
@@ -195,9 +196,11 @@ def test_close_does_not_wait_for_tasks_loopshim_does_not_own(
     assert "background task" not in caplog.text  # not loopshim's: nothing to report
 
 
-@only_scopes("process")
-def test_close_timeout_argument_overrides_shutdown_timeout(case: BackendCase, scope: str) -> None:
-    runner = make_runner(case, scope, shutdown_timeout=60)
+@pytest.mark.loopshim_scopes("process")
+def test_close_timeout_argument_overrides_shutdown_timeout(
+    loop_runner_factory: LoopRunnerFactory,
+) -> None:
+    runner = loop_runner_factory(shutdown_timeout=60)
     future = runner.spawn(anyio.sleep, 60)
     started = time.monotonic()
     runner.close(timeout=0.1)
@@ -205,32 +208,34 @@ def test_close_timeout_argument_overrides_shutdown_timeout(case: BackendCase, sc
     assert future.cancelled()
 
 
-@only_scopes("thread", "call")
-def test_spawn_outside_process_scope_names_the_fix(runner: loopshim.LoopRunner) -> None:
+@pytest.mark.loopshim_scopes("thread", "call")
+def test_spawn_outside_process_scope_names_the_fix(loop_runner: loopshim.LoopRunner) -> None:
     with pytest.raises(loopshim.ScopeError, match=r'scope="process"'):
-        runner.spawn(anyio.sleep, 0)
+        loop_runner.spawn(anyio.sleep, 0)
 
 
-def test_close_is_idempotent_and_later_calls_raise(runner: loopshim.LoopRunner) -> None:
-    assert runner.run(anyio.sleep, 0) is None
-    runner.close()
-    runner.close()
+def test_close_is_idempotent_and_later_calls_raise(loop_runner: loopshim.LoopRunner) -> None:
+    assert loop_runner.run(anyio.sleep, 0) is None
+    loop_runner.close()
+    loop_runner.close()
     with pytest.raises(loopshim.RunnerClosed):
-        runner.run(anyio.sleep, 0)
+        loop_runner.run(anyio.sleep, 0)
 
 
-def test_context_manager_closes(case: BackendCase, scope: str) -> None:
-    with make_runner(case, scope) as runner:
+def test_context_manager_closes(loop_runner_factory: LoopRunnerFactory) -> None:
+    with loop_runner_factory() as runner:
         assert runner.run(anyio.sleep, 0) is None
     with pytest.raises(loopshim.RunnerClosed):
         runner.run(anyio.sleep, 0)
 
 
 @pytest.mark.timeout(60)
-def test_close_leaves_no_thread_loop_or_fd_behind(case: BackendCase, scope: str) -> None:
+def test_close_leaves_no_thread_loop_or_fd_behind(
+    loop_runner_factory: LoopRunnerFactory, loop_scope: str
+) -> None:
     threads_before = set(threading.enumerate())
     fds_before = _fds()
-    runner = make_runner(case, scope)
+    runner = loop_runner_factory()
 
     def use() -> None:
         for _ in range(5):
@@ -252,7 +257,7 @@ def test_close_leaves_no_thread_loop_or_fd_behind(case: BackendCase, scope: str)
     alive = threading.Thread(target=use_and_wait)
     alive.start()
     assert alive_used.wait(30)
-    if scope == "process":
+    if loop_scope == "process":
         assert any(t.name.startswith("loopshim-") for t in threading.enumerate())
     runner.close()
     keep_going.set()
@@ -262,10 +267,12 @@ def test_close_leaves_no_thread_loop_or_fd_behind(case: BackendCase, scope: str)
     assert _fds() == fds_before
 
 
-@only_scopes("thread")
-def test_thread_scope_reaps_loops_of_finished_threads(case: BackendCase, scope: str) -> None:
+@pytest.mark.loopshim_scopes("thread")
+def test_thread_scope_reaps_loops_of_finished_threads(
+    loop_runner_factory: LoopRunnerFactory,
+) -> None:
     fds_before = _fds()
-    with make_runner(case, scope) as runner:
+    with loop_runner_factory() as runner:
 
         def one_request() -> None:
             runner.run(anyio.sleep, 0)
@@ -280,9 +287,11 @@ def test_thread_scope_reaps_loops_of_finished_threads(case: BackendCase, scope: 
     assert _fds() == fds_before
 
 
-@only_scopes("process")
-def test_call_in_flight_when_closed_gets_runner_closed(case: BackendCase, scope: str) -> None:
-    runner = make_runner(case, scope, shutdown_timeout=0.1)
+@pytest.mark.loopshim_scopes("process")
+def test_call_in_flight_when_closed_gets_runner_closed(
+    loop_runner_factory: LoopRunnerFactory,
+) -> None:
+    runner = loop_runner_factory(shutdown_timeout=0.1)
     started = threading.Event()
     result: dict[str, Any] = {}
 
@@ -305,11 +314,11 @@ def test_call_in_flight_when_closed_gets_runner_closed(case: BackendCase, scope:
     assert "long_call" in str(result["error"])
 
 
-@only_scopes("process")
+@pytest.mark.loopshim_scopes("process")
 def test_spawn_and_run_from_a_draining_task_get_runner_closed_at_once(
-    case: BackendCase, scope: str
+    loop_runner_factory: LoopRunnerFactory,
 ) -> None:
-    runner = make_runner(case, scope, shutdown_timeout=3)
+    runner = loop_runner_factory(shutdown_timeout=3)
     refused: list[BaseException] = []
     closing = threading.Event()
 
@@ -440,10 +449,10 @@ def test_close_timeout_must_be_a_grace_period() -> None:
 if sys.version_info >= (3, 12):  # shutdown_default_executor(timeout) is new in 3.12
 
     @pytest.mark.filterwarnings("ignore:The executor did not finish:RuntimeWarning")
-    @pytest.mark.parametrize("scope", ["thread", "call"])
-    @pytest.mark.parametrize("backend", ["asyncio", "uvloop"])
+    @pytest.mark.loopshim_scopes("thread", "call")
+    @pytest.mark.parametrize("loop_backend", ["asyncio", "uvloop"])
     def test_timeout_is_not_held_up_by_a_busy_executor_thread(
-        backend: str, scope: str, monkeypatch: pytest.MonkeyPatch
+        loop_runner_factory: LoopRunnerFactory, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """asyncio's default executor: closing the call's loop waits for it, boundedly."""
         import asyncio
@@ -455,7 +464,7 @@ if sys.version_info >= (3, 12):  # shutdown_default_executor(timeout) is new in 
         async def blocks_a_worker_thread() -> None:
             await asyncio.to_thread(time.sleep, 5)
 
-        runner = asyncio_runner(backend, scope, timeout=0.2)
+        runner = loop_runner_factory(timeout=0.2)
         started = time.monotonic()
         with pytest.raises(TimeoutError):
             runner.run(blocks_a_worker_thread)
@@ -463,15 +472,16 @@ if sys.version_info >= (3, 12):  # shutdown_default_executor(timeout) is new in 
         runner.close()
 
 
-@pytest.mark.parametrize("scope", SCOPES)
-@pytest.mark.parametrize("backend", ["asyncio", "uvloop"])
-def test_the_default_executor_works_and_is_stopped_at_close(backend: str, scope: str) -> None:
+@pytest.mark.parametrize("loop_backend", ["asyncio", "uvloop"])
+def test_the_default_executor_works_and_is_stopped_at_close(
+    loop_runner_factory: LoopRunnerFactory,
+) -> None:
     import asyncio
 
     async def in_executor() -> threading.Thread:
         return await asyncio.get_running_loop().run_in_executor(None, threading.current_thread)
 
-    runner = asyncio_runner(backend, scope)
+    runner = loop_runner_factory()
     workers = {runner.run(in_executor) for _ in range(3)}
     assert threading.current_thread() not in workers
     runner.close()
@@ -480,14 +490,14 @@ def test_the_default_executor_works_and_is_stopped_at_close(backend: str, scope:
         assert not worker.is_alive(), worker
 
 
-def test_uvloop_executor_is_set_up_at_its_first_job_only() -> None:
-    from loopshim.backends._asyncio import _LazyExecutor
+def test_a_loops_executor_is_set_up_at_its_first_job_only() -> None:
+    from loopshim.backends._asyncio import _LoopExecutor
 
-    unused = _LazyExecutor()
+    unused = _LoopExecutor()
     unused.shutdown()
     with pytest.raises(RuntimeError, match="after shutdown"):
         unused.submit(int)
-    used = _LazyExecutor()
+    used = _LoopExecutor()
     assert used.submit(int, "7").result(5) == 7
     (worker,) = used._threads
     used.shut_down_within(5)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 from typing import Any, ClassVar
 
 from loopshim.abc import (
@@ -126,7 +127,16 @@ class PlainLoopThread(LoopThread):
     def cancel(self, job: Job[Any], reason: CancelReason) -> None:
         assert self.loop is not None
         with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(job.cancel, reason)
+            self.loop.call_soon_threadsafe(self._cancel, job, reason)
+
+    def _cancel(self, job: Job[Any], reason: CancelReason) -> None:
+        task = job.handle
+        unstarted = isinstance(task, asyncio.Task) and not task.done()
+        unstarted = unstarted and inspect.getcoroutinestate(task.get_coro()) == inspect.CORO_CREATED
+        job.cancel(reason)
+        if unstarted:  # its coroutine will never run: end the job here
+            job.error = job.cancelled_error(asyncio.CancelledError())
+            job.context.run(job.complete, self.jobs)
 
     def request_shutdown(self, grace: float) -> None:
         assert self.loop is not None

@@ -21,12 +21,15 @@ from ._backend import (
     register_library,
     running_library,
 )
+from ._bridge import available as bridge_available
+from ._bridge import bridge_owner, bridged, hand_over, run_sync_in_task
 from ._checks import (
     check_async_callable,
-    check_not_in_loop,
+    close_in_loop_error,
+    foreign_loop_error,
     is_async_callable,
     is_plain_async_def,
-    reentrant_error,
+    own_loop_error,
 )
 from ._gevent import native_selector, refuse_backend, refuse_scope, threading_patched
 from ._job import (
@@ -38,6 +41,7 @@ from ._job import (
     copied_back,
     copy_back,
     describe_callable,
+    job_of,
     log_cancelled_at_close,
 )
 from ._log import logger
@@ -85,18 +89,24 @@ __all__ = [
     "add_note",
     "available_backends",
     "backend_origin",
+    "bridge_available",
+    "bridge_owner",
+    "bridged",
     "changed",
     "check_async_callable",
-    "check_not_in_loop",
+    "close_in_loop_error",
     "close_own_work",
     "copied_back",
     "copy_back",
     "default_backend",
     "describe_callable",
     "direct_call",
+    "foreign_loop_error",
     "get_runner",
+    "hand_over",
     "is_async_callable",
     "is_plain_async_def",
+    "job_of",
     "known_backends",
     "libraries",
     "library",
@@ -106,12 +116,13 @@ __all__ = [
     "loop_local",
     "machinery_of",
     "native_selector",
-    "reentrant_error",
+    "own_loop_error",
     "refuse_backend",
     "refuse_scope",
     "register_backend",
     "register_library",
     "run",
+    "run_sync_in_task",
     "running_library",
     "sync_caller_maker",
     "threading_patched",

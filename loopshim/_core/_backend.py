@@ -103,6 +103,35 @@ class Library(abc.ABC):
         """Start ``fn()`` as a task of its own on the running loop, in *context*;
         return what cancels it."""
 
+    async def call_in_task(self, job: Job[Any]) -> None:
+        """Run *job* in the current task (:meth:`within_timeout`), store ``job.result``
+        or ``job.error`` (any exception), and end with ``job.complete(None)``."""
+        try:
+            if job.timeout is None:
+                job.result = await job.awaitable()
+            else:
+                job.result = await self.within_timeout(job)
+        except BaseException as exc:
+            job.error = exc
+        finally:
+            job.complete(None)
+
+    @abc.abstractmethod
+    def within_timeout(self, job: Job[Any]) -> Awaitable[Any]:
+        """Await ``job.awaitable()`` in the current task, cancelled with the library's
+        own cancellation after ``job.timeout`` seconds, and then raise the job's
+        ``cancelled_error``. (A coroutine function.)"""
+
+    @abc.abstractmethod
+    def waiter(
+        self,
+    ) -> tuple[Callable[[], object], Callable[[Callable[[], object]], Awaitable[None]]]:
+        """For a task of this library that waits for something done in another thread:
+        ``(wake, wait)``. ``wake()`` may be called from any thread, once; ``await
+        wait(on_cancel)`` returns once woken. If the waiting task is cancelled,
+        ``on_cancel()`` is called, the wait goes on (shielded) until woken, and then the
+        cancellation propagates. Call it inside a task of this library."""
+
     def machinery(self) -> tuple[str, ...]:
         """Directories whose code is this library's own, not the user's (the blocked-loop
         warning skips their frames to name the user's coroutine)."""
@@ -301,6 +330,17 @@ class LoopThread(abc.ABC):
                 grace + SHUTDOWN_OVERHEAD,
             )
 
+    def lend_worker(self) -> Callable[[], None] | None:
+        """Called by a thread about to wait for a call on this loop: if it is one of the
+        loop's worker threads (``to_thread``, the default executor), let its pool run
+        one more worker while it waits, and return what takes that place back; else
+        ``None`` (the default). Without it, more such callers than workers wait forever
+        for calls that wait for a worker.
+
+        .. versionadded:: 0.1
+        """
+        return None
+
     @abc.abstractmethod
     def serve(self) -> None:
         """Run the loop in this thread; call :meth:`ready`; return after shutdown."""
@@ -315,7 +355,10 @@ class LoopThread(abc.ABC):
 
     @abc.abstractmethod
     def cancel(self, job: Job[Any], reason: Any) -> None:
-        """Cancel *job* with the backend's own cancellation (thread-safe)."""
+        """Cancel *job* with the backend's own cancellation (thread-safe). The job must
+        still end (:meth:`Job.complete`) if it is cancelled before its coroutine took its
+        first step: an asyncio task cancelled that early never runs its coroutine, so
+        the ``finally`` that would complete the job never runs either."""
 
     @abc.abstractmethod
     def request_shutdown(self, grace: float) -> None:

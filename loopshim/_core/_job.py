@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final, Generic, TypeVar
 
 from .._errors import RunnerClosed
+from ._bridge import bridged
 from ._log import logger
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "copy_back",
     "describe_callable",
     "handled_exception",
+    "job_of",
     "log_cancelled_at_close",
 ]
 
@@ -69,7 +71,9 @@ class Job(Generic[T_co]):
         "handling",
         "kwargs",
         "lock",
+        "notify",
         "origin",
+        "owner",
         "result",
         "timed_out",
         "timeout",
@@ -87,6 +91,7 @@ class Job(Generic[T_co]):
         timeout: float | None = None,
         lock: threading.Lock | None = None,
         future: concurrent.futures.Future[Any] | None = None,
+        owner: object = None,
     ) -> None:
         self.fn = fn
         self.args = args
@@ -102,6 +107,11 @@ class Job(Generic[T_co]):
         self.lock = lock
         #: Where a background task's outcome goes (background tasks only).
         self.future = future
+        #: Set: the coroutine runs in the greenlet bridge of this owner (a runner's
+        #: scope), so that sync code it calls can call that runner again.
+        self.owner = owner
+        #: Called, on the loop, when the job is done (a waiter in another loop).
+        self.notify: Callable[[], object] | None = None
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
@@ -122,9 +132,12 @@ class Job(Generic[T_co]):
     def awaitable(self) -> Awaitable[Any]:
         """What the backend's task awaits: the user's coroutine itself, or — when the
         caller was handling an exception — the coroutine inside that ``except``."""
-        if self.handling is None:
-            return self.fn(*self.args, **self.kwargs)
-        return _call_handling(self)
+        coro: Any = (
+            self.fn(*self.args, **self.kwargs) if self.handling is None else _call_handling(self)
+        )
+        if self.owner is None:
+            return coro  # type: ignore[no-any-return]
+        return bridged(coro, self.owner)
 
     def complete(self, jobs: set[Job[Any]] | None) -> None:
         """The end of the backend's task, inside it: keep the context the coroutine
@@ -154,6 +167,8 @@ class Job(Generic[T_co]):
             self.lock.release()
         if self.future is not None:
             _settle_future(self)
+        if self.notify is not None:
+            self.notify()
 
     def cancelled_error(self, cause: BaseException | None) -> BaseException:
         """The error a caller sees for a job cancelled from outside the coroutine
@@ -209,6 +224,15 @@ else:
     def handled_exception() -> BaseException | None:
         """The exception being handled in this thread, as ``sys.exception()``."""
         return sys.exc_info()[1]
+
+
+def job_of(coro: object) -> Job[Any] | None:
+    """The job a backend's wrapper coroutine (or a trio task's) runs, read from its
+    ``job`` argument; ``None`` for any other coroutine. For debug reports only: it
+    looks into the coroutine's frame."""
+    frame = getattr(coro, "cr_frame", None)
+    job = frame.f_locals.get("job") if frame is not None else None
+    return job if isinstance(job, Job) else None
 
 
 def describe_callable(fn: object) -> str:

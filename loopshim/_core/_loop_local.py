@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar
 from .._errors import ArgumentError, UsageError
 from . import _backend
 from ._backend import Library, libraries
+from ._checks import with_article
 from ._log import logger
 
 __all__ = ["LoopLocal", "LoopState", "loop_local"]
@@ -129,8 +130,8 @@ def _current_state(method: str) -> LoopState:
     state = _states.get(found[1])
     if state is None:
         raise UsageError(
-            f"loop_local.{method}() was called on {_a(found[0])} loop that loopshim did not "
-            "start, so loopshim could not close the value with it; run the coroutine "
+            f"loop_local.{method}() was called on {with_article(found[0])} loop that loopshim "
+            "did not start, so loopshim could not close the value with it; run the coroutine "
             "through a loopshim runner (loopshim.get_runner(...).run(...))"
         )
     return state
@@ -187,9 +188,11 @@ class LoopLocal(Generic[T]):
         return value  # type: ignore[return-value]
 
     async def aget(self) -> T:
-        """Return the running loop's instance, creating it on first use; an ``async
-        def`` factory is awaited (once per loop: concurrent callers wait for the same
-        value). Works with plain factories too.
+        """Return the running loop's instance, creating it on first use. What the
+        factory returns is awaited if it is awaitable — an ``async def`` factory's
+        coroutine, ``asyncpg.create_pool(...)``'s pool, which initialises itself when
+        awaited — once per loop: concurrent first callers wait for the same value.
+        Works with plain factories too.
 
         .. versionadded:: 0.1
         """
@@ -204,9 +207,9 @@ class LoopLocal(Generic[T]):
         if value is not _NOTHING:
             return value  # type: ignore[return-value]
         made = self.factory()
-        if not inspect.iscoroutine(made):
+        if not inspect.isawaitable(made):
             state._values[self] = made
-            return made  # type: ignore[return-value]
+            return made
         creating = _Creating(state._library.new_event())
         state._values[self] = creating
         try:
@@ -227,10 +230,6 @@ class LoopLocal(Generic[T]):
 
 
 _NOTHING: Any = object()
-
-
-def _a(word: str) -> str:
-    return f"an {word}" if word[:1] in ("a", "e", "i", "o", "u") else f"a {word}"
 
 
 def _name(fn: object) -> str:

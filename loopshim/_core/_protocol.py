@@ -35,6 +35,12 @@ class LoopRunner(Protocol):
     def run(self, async_fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``async_fn(*args, **kwargs)`` to completion and return its result."""
 
+    async def run_async(
+        self, async_fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Await ``async_fn(*args, **kwargs)`` run on this runner's loop, from a coroutine
+        on any loop."""
+
     def wrap(self, async_fn: Callable[P, Awaitable[T]]) -> Callable[P, T]:
         """Return a synchronous function that calls :meth:`run` on *async_fn*."""
 

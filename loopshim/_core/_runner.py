@@ -10,6 +10,8 @@ import functools
 import sys
 import threading
 from collections.abc import Awaitable, Callable
+from inspect import CO_COROUTINE as _CO_COROUTINE
+from types import FunctionType as _FUNCTION
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar
 
@@ -66,8 +68,31 @@ class Runner:
 
         .. versionadded:: 0.1
         """
-        check_async_callable(async_fn, "run")
+        # A plain async def passes the check without a call (this is every call's path).
+        if type(async_fn) is not _FUNCTION or not async_fn.__code__.co_flags & _CO_COROUTINE:
+            check_async_callable(async_fn, "run")
         return self._scope.call(async_fn, *args, **kwargs)  # type: ignore[no-any-return]
+
+    async def run_async(
+        self, async_fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Await ``async_fn(*args, **kwargs)`` run on this runner's loop, from a coroutine
+        on any loop — asyncio, uvloop or trio, found out at the call.
+
+        Needs ``process`` scope (a loop that runs on its own). The caller's loop keeps
+        running while it waits; cancelling the awaiting task cancels the call, with the
+        backend's own cancellation on the runner's side, and the cancellation reaches
+        the caller once the coroutine has unwound. Context variables go in and come back
+        as with :meth:`run`; exceptions come back unchanged. Awaited on the runner's own
+        loop, it simply awaits the function there, in the same task. This is how a trio
+        program uses an asyncio-only client::
+
+            pool = await asyncio_runner.run_async(asyncpg.create_pool, dsn)
+
+        .. versionadded:: 0.1
+        """
+        check_async_callable(async_fn, "run_async")
+        return await self._scope.call_async(async_fn, args, kwargs)  # type: ignore[no-any-return]
 
     def wrap(self, async_fn: Callable[P, Awaitable[T]]) -> Callable[P, T]:
         """Return a synchronous function that runs *async_fn* on this runner.
@@ -107,7 +132,14 @@ class Runner:
         """
         check_async_callable(async_fn, "spawn")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        job: Job[T] = Job(async_fn, args, kwargs, context=contextvars.Context(), future=future)
+        job: Job[T] = Job(
+            async_fn,
+            args,
+            kwargs,
+            context=contextvars.Context(),
+            future=future,
+            owner=self._scope.owner,
+        )
         cancel = self._scope.spawn(job)
 
         def on_done(fut: concurrent.futures.Future[T]) -> None:

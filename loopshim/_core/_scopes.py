@@ -13,16 +13,18 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-from .._errors import RunnerClosed, ScopeError
+from .._errors import ReentrantCallError, RunnerClosed, ScopeError, UsageError
 from .._options import CommonOptions
 from . import _gevent
-from ._backend import Backend, DrivenLoop, LoopThread, running_library
-from ._checks import check_not_in_loop, reentrant_error
+from ._backend import Backend, DrivenLoop, Library, LoopThread, running_library
+from ._bridge import bridge_owner, hand_over
+from ._checks import close_in_loop_error, foreign_loop_error, own_loop_error
 from ._job import CancelReason, Job, handled_exception
 from ._log import logger
 
 __all__ = [
     "SCOPE_CLASSES",
+    "Bridged",
     "CallScope",
     "ProcessScope",
     "RunnerScope",
@@ -32,6 +34,20 @@ __all__ = [
 
 #: How often a caller waiting on a loop thread checks that the thread is still alive.
 _LIVENESS_POLL: Final = 1.0
+#: How long a call waits before its thread, if it is one of the loop's worker threads,
+#: lends its place in the pool (most calls are over by then).
+_LEND_AFTER: Final = 0.05
+
+
+class Bridged:
+    """An async function whose call must run in the greenlet bridge, whatever the
+    runner's ``reentrant`` option (what :meth:`RunnerScope.call_bridged` passes on)."""
+
+    __slots__ = ("fn", "owner")
+
+    def __init__(self, fn: Callable[..., Awaitable[Any]], owner: RunnerScope) -> None:
+        self.fn = fn
+        self.owner = owner
 
 
 def new_job(
@@ -40,7 +56,12 @@ def new_job(
     kwargs: Any,
     timeout: float | None,
     lock: threading.Lock | None,
+    owner: RunnerScope | None,
 ) -> Job[Any]:
+    """A call's job, made in the caller's thread: a copy of the caller's context, the
+    exception it is handling, and the bridge *owner* if the call may re-enter."""
+    if type(fn) is Bridged:  # type: ignore[comparison-overlap]
+        fn, owner = fn.fn, fn.owner
     origin = contextvars.copy_context()
     return Job(
         fn,
@@ -51,6 +72,7 @@ def new_job(
         handling=handled_exception(),
         timeout=timeout,
         lock=lock,
+        owner=owner,
     )
 
 
@@ -66,9 +88,62 @@ class RunnerScope(abc.ABC):
         self.closed = False
         #: Where close() was called, for RunnerClosed's message.
         self.closed_at = ""
+        #: The bridge owner of this runner's calls: itself with ``reentrant=True``
+        #: (an attribute, not a property: it is read on every call).
+        self.owner: RunnerScope | None = self if options.reentrant else None
 
     @abc.abstractmethod
-    def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any: ...
+    def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` to completion from sync code; return its result."""
+
+    def call_bridged(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
+        """:meth:`call`, with the coroutine in the greenlet bridge whatever the
+        ``reentrant`` option (Flask's calls, when the app lets them re-enter)."""
+        return self.call(Bridged(fn, self), *args, **kwargs)  # type: ignore[arg-type]
+
+    def reenter(
+        self, library: Library, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any
+    ) -> Any:
+        """A call from sync code that one of this runner's bridged coroutines called:
+        the coroutine's own task awaits the inner one, and the loop serves the others
+        meanwhile."""
+        # Not bridged itself: hand_over steps it in this bridge greenlet already.
+        job = new_job(fn, args, kwargs, self.options.timeout, None, None)
+        hand_over(library.call_in_task(job))
+        return job.outcome()
+
+    def refuse_in_loop(self, library: Library, own_loop: bool) -> ReentrantCallError:
+        """The error for a call this scope cannot serve from a thread running a loop."""
+        if own_loop:
+            return own_loop_error(library.name, self.backend.name)
+        return foreign_loop_error(library.name, self.scope_name)
+
+    async def call_async(self, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any) -> Any:
+        """What ``await runner.run_async(fn, ...)`` does."""
+        caller = running_library()
+        if caller is None:
+            raise UsageError(
+                "run_async() must be awaited inside a running event loop; from sync code use run()"
+            )
+        if self.on_own_loop():
+            # On the runner's own loop: awaited in place, in this task.
+            job = new_job(fn, args, kwargs, self.options.timeout, None, self.owner)
+            await caller.call_in_task(job)
+            return job.outcome()
+        return await self.call_async_from_elsewhere(caller, fn, args, kwargs)
+
+    def on_own_loop(self) -> bool:
+        """Whether the calling code runs on one of this runner's loops."""
+        return bridge_owner() is self
+
+    async def call_async_from_elsewhere(
+        self, caller: Library, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any
+    ) -> Any:
+        raise ScopeError(
+            f"run_async() from a {caller.name} loop needs a runner whose loop runs on its "
+            f"own, and a {self.scope_name}-scope runner's loop runs only inside run(); use "
+            f'get_runner({self.backend.name!r}, scope="process")'
+        )
 
     def closed_error(self) -> RunnerClosed:
         where = f" at {self.closed_at}" if self.closed_at else ""
@@ -86,8 +161,11 @@ class RunnerScope(abc.ABC):
         )
 
     def check_close(self) -> None:
-        """Raise if close() cannot be called from here (it would wait for itself)."""
-        check_not_in_loop("close()")
+        """Raise if close() cannot be called from here: from a thread running a loop,
+        which the closing would have to wait in."""
+        library = running_library()
+        if library is not None:
+            raise close_in_loop_error(self.backend.name, library.name, self.on_own_loop())
 
     @abc.abstractmethod
     def close(self, grace: float, *, final: bool = True) -> None:
@@ -146,11 +224,18 @@ class ProcessScope(RunnerScope):
     def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
         thread = self._thread
         library = running_library()
-        if library is not None or (thread is not None and thread.in_loop_thread()):
-            raise reentrant_error(library.name if library else self.backend.name, "run()")
+        if library is not None:
+            if bridge_owner() is self:
+                return self.reenter(library, fn, args, kwargs)
+            if thread is not None and thread.in_loop_thread():
+                raise self.refuse_in_loop(library, own_loop=True)
+            # Another loop runs in this thread (a notebook, an async app): the call
+            # blocks it until done, like any blocking I/O.
+        elif thread is not None and thread.in_loop_thread():
+            raise own_loop_error(self.backend.library.name, self.backend.name)
         lock = threading.Lock()
         lock.acquire()
-        job = new_job(fn, args, kwargs, self.options.timeout, lock)
+        job = new_job(fn, args, kwargs, self.options.timeout, lock, self.owner)
         thread = self._submit(job)
         self._wait(job, thread)
         return job.outcome()
@@ -158,7 +243,11 @@ class ProcessScope(RunnerScope):
     def _wait(self, job: Job[Any], thread: LoopThread) -> None:
         lock = job.lock
         assert lock is not None
+        take_back = None
         try:
+            if lock.acquire(timeout=_LEND_AFTER):
+                return
+            take_back = thread.lend_worker()
             while not lock.acquire(timeout=_LIVENESS_POLL):
                 if not thread.alive:
                     raise RunnerClosed(
@@ -174,6 +263,23 @@ class ProcessScope(RunnerScope):
                     if not thread.alive:
                         break
             raise
+        finally:
+            if take_back is not None:
+                take_back()
+
+    def on_own_loop(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.in_loop_thread()
+
+    async def call_async_from_elsewhere(
+        self, caller: Library, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any
+    ) -> Any:
+        job = new_job(fn, args, kwargs, self.options.timeout, None, self.owner)
+        wake, wait = caller.waiter()
+        job.notify = wake
+        thread = self._submit(job)
+        await wait(functools.partial(thread.cancel, job, CancelReason.CANCELLED))
+        return job.outcome()
 
     def spawn(self, job: Job[Any]) -> Callable[[], None]:
         assert job.future is not None
@@ -195,9 +301,11 @@ class ProcessScope(RunnerScope):
         return functools.partial(thread.cancel, job, CancelReason.CANCELLED)
 
     def check_close(self) -> None:
-        thread = self._thread
-        if thread is not None and thread.in_loop_thread():
-            raise reentrant_error(self.backend.name, "close()")
+        if self.on_own_loop():
+            library = running_library()
+            name = library.name if library is not None else self.backend.library.name
+            raise close_in_loop_error(self.backend.name, name, own_loop=True)
+        # From another loop's thread close() only waits for this runner's thread.
 
     def close(self, grace: float, *, final: bool = True) -> None:
         with self._lock:
@@ -258,6 +366,10 @@ class ThreadScope(RunnerScope):
         self._local.mark = mark
         return loop
 
+    def on_own_loop(self) -> bool:
+        loop: DrivenLoop | None = getattr(self._local, "loop", None)
+        return loop is not None and loop.lock.locked()
+
     def _thread_ended(self, loop: DrivenLoop) -> None:
         self._ended.append(loop)
 
@@ -274,11 +386,13 @@ class ThreadScope(RunnerScope):
     def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
         library = running_library()
         if library is not None:
-            raise reentrant_error(library.name, "run()")
+            if bridge_owner() is self:
+                return self.reenter(library, fn, args, kwargs)
+            raise self.refuse_in_loop(library, own_loop=self.on_own_loop())
         loop: DrivenLoop | None = getattr(self._local, "loop", None)
         if loop is None or loop.closed:
             loop = self._open()
-        job = new_job(fn, args, kwargs, self.options.timeout, None)
+        job = new_job(fn, args, kwargs, self.options.timeout, None, self.owner)
         with loop.lock:
             if loop.closed:
                 raise self.closed_error()
@@ -339,21 +453,52 @@ class ThreadScope(RunnerScope):
         self._local = threading.local()
 
 
+class _Depth:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
 class CallScope(RunnerScope):
     scope_name = "call"
 
+    def __init__(self, backend: Backend, options: CommonOptions) -> None:
+        super().__init__(backend, options)
+        self._local = threading.local()
+
     def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
-        check_not_in_loop("run()")
+        library = running_library()
+        if library is not None:
+            if bridge_owner() is self:
+                return self.reenter(library, fn, args, kwargs)
+            raise self.refuse_in_loop(library, own_loop=self._depth.value > 0)
         if self.closed:
             raise self.closed_error()
         if _gevent.threading_patched():
             _gevent.refuse_scope("call", self.backend.name)
-        job = new_job(fn, args, kwargs, self.options.timeout, None)
+        job = new_job(fn, args, kwargs, self.options.timeout, None, self.owner)
         # The coroutine runs in the job's context; the loop itself, in an empty one, so
         # that nothing it leaves behind (trio's run keeps reference cycles until the
         # garbage collector runs) holds on to the caller's.
-        contextvars.Context().run(self.backend.run_fresh, job, self.options)
+        depth = self._depth
+        depth.value += 1
+        try:
+            contextvars.Context().run(self.backend.run_fresh, job, self.options)
+        finally:
+            depth.value -= 1
         return job.outcome()
+
+    @property
+    def _depth(self) -> _Depth:
+        """How many of this runner's calls run in this thread now (0 or 1)."""
+        depth: _Depth | None = getattr(self._local, "depth", None)
+        if depth is None:
+            depth = self._local.depth = _Depth()
+        return depth
+
+    def on_own_loop(self) -> bool:
+        return self._depth.value > 0
 
     def close(self, grace: float, *, final: bool = True) -> None:
         if final:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import _lifecycle
 from ._backend import CANCEL_GRACE, AsyncEvent, Library
 from ._job import CancelReason, Job, log_cancelled_at_close
 from ._log import logger
@@ -39,6 +40,18 @@ class JobSet(set[Job[Any]]):
         get :class:`~loopshim.RunnerClosed`), log the background tasks among them, and
         give them :data:`CANCEL_GRACE` to unwind. Returns the jobs that ignored it."""
         if self and grace > 0:
+            spawned = [job.label for job in self if job.future is not None]
+            if spawned and _lifecycle.exiting():
+                # A forgotten fire-and-forget task delays the exit: say so, and why.
+                logger.warning(
+                    "exiting: waiting up to %g s (the %s runner's shutdown_timeout) for %d "
+                    "background task%s: %s",
+                    grace,
+                    backend,
+                    len(spawned),
+                    "" if len(spawned) == 1 else "s",
+                    ", ".join(spawned),
+                )
             await library.within(grace, lambda: self._wait_empty(library))
         leftover = list(self)
         if not leftover:

@@ -55,17 +55,24 @@ class SyncCall(functools.partial[Any]):
         return f"<loopshim sync caller for {self.args[0]!r}>"
 
 
-def direct_call(runner: LoopRunner) -> Callable[..., Any] | None:
+def direct_call(runner: LoopRunner, *, bridged: bool = False) -> Callable[..., Any] | None:
     """What a :class:`SyncCall` for *runner* calls — ``call(async_fn, *args, **kwargs)``
-    — for loopshim's own runners; None for any other :class:`LoopRunner`."""
-    return runner._scope.call if isinstance(runner, Runner) else None
+    — for loopshim's own runners; None for any other :class:`LoopRunner`. *bridged*:
+    the calls run in the greenlet bridge, so that sync code they call may call the
+    runner again."""
+    if not isinstance(runner, Runner):
+        return None
+    scope = runner._scope
+    return scope.call_bridged if bridged else scope.call
 
 
-def sync_caller_maker(runner: LoopRunner) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def sync_caller_maker(
+    runner: LoopRunner, *, bridged: bool = False
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A function that turns an async function into a synchronous callable running it on
     *runner*: a :class:`SyncCall` for loopshim's own runners, ``runner.wrap`` for any
     other :class:`LoopRunner`."""
-    call = direct_call(runner)
+    call = direct_call(runner, bridged=bridged)
     if call is None:
         return runner.wrap
 

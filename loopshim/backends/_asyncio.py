@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
+import functools
+import inspect
 import sys
 import threading
 import time
@@ -24,13 +27,16 @@ from .._core import (
     LoopState,
     LoopThread,
     close_own_work,
+    job_of,
     logger,
     native_selector,
     threading_patched,
 )
 from .._errors import RunnerClosed
 from .._options import CommonOptions, Validator, callable_or_none
-from ._asyncio_direct import Driver, can_drive, start_eagerly
+from . import _interrupts
+from ._asyncio_direct import Driver, LoopStopped, can_drive, start_eagerly
+from ._interrupts import InterruptGuard
 from ._libraries import ASYNCIO, abandon
 
 __all__ = [
@@ -38,6 +44,7 @@ __all__ = [
     "AsyncioDrivenLoop",
     "AsyncioLoopThread",
     "DirectlyDrivenLoop",
+    "StoppingDrivenLoop",
     "backend_class",
     "open_driven_loop",
 ]
@@ -70,6 +77,68 @@ def _start(loop: asyncio.AbstractEventLoop, job: Job[Any], jobs: set[Job[Any]] |
     job.handle = job.context.run(loop.create_task, _execute(job, jobs))
 
 
+#: Whether ``create_task(coro, context=ctx)`` runs the task in *ctx* itself (3.11+);
+#: before, in a copy of it.
+_TASK_IN_GIVEN_CONTEXT = sys.version_info >= (3, 11)
+
+
+async def _execute_and_stop(job: Job[Any], driven: StoppingDrivenLoop) -> None:
+    """:func:`_execute` for a call its caller drives with ``run_forever``, which it
+    stops at the end of its last step: the next loop iteration runs the callbacks that
+    step scheduled, then stops (``run_until_complete`` stops one iteration later, from
+    a done callback). Its task runs in ``job.context`` itself (3.11+), which is then
+    the context the coroutine leaves."""
+    loop = driven.loop
+    timer = None
+    if job.timeout is not None:
+        timer = loop.call_later(job.timeout, _expire, job)
+    try:
+        job.result = await job.awaitable()
+    except asyncio.CancelledError as exc:
+        job.error = job.cancelled_error(exc) if (job.timed_out or job.cancel_reason) else exc
+    except BaseException as exc:
+        job.error = exc
+    finally:
+        if timer is not None:
+            timer.cancel()
+        job.final_context = job.context if _TASK_IN_GIVEN_CONTEXT else contextvars.copy_context()
+        job.finish()
+        if driven.current is job:  # else its caller stopped waiting for it (Ctrl-C twice)
+            loop.stop()
+
+
+def _cancel(job: Job[Any], reason: CancelReason, jobs: set[Job[Any]] | None) -> None:
+    """Cancel *job* (on its loop). A task cancelled before its first step never runs
+    its coroutine, whose ``finally`` is what completes the job: complete it here."""
+    if job.done:
+        return
+    task = job.handle
+    unstarted = (
+        task is not None
+        and not task.done()
+        and inspect.getcoroutinestate(task.get_coro()) == inspect.CORO_CREATED
+    )
+    job.cancel(reason)
+    if unstarted:
+        job.error = job.cancelled_error(asyncio.CancelledError())
+        job.context.run(job.complete, jobs)
+
+
+def _interrupt(job: Job[Any], guard: InterruptGuard) -> None:
+    """On the loop, after Ctrl-C (see ``_interrupts``): cancel the call, or once Ctrl-C
+    came again, stop waiting for it by raising from this callback — which stops
+    ``run_until_complete`` and loopshim's own driving cleanly."""
+    if job.done or not guard.driving:  # scheduled by a call that is over
+        return
+    if guard.abandon:
+        raise guard.take()
+    _cancel(job, CancelReason.INTERRUPTED, None)
+
+
+def _in_task(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> Callable[[], bool]:
+    return lambda: asyncio.current_task(loop) is task
+
+
 def _start_eagerly(
     loop: asyncio.AbstractEventLoop, job: Job[Any], jobs: set[Job[Any]] | None
 ) -> None:
@@ -80,7 +149,11 @@ async def _cancel_the_rest(name: str) -> None:
     """Cancel the tasks still on the loop (libraries' own: a pool's workers, a reader)
     and give them :data:`CANCEL_GRACE` to unwind."""
     current = asyncio.current_task()
-    others = {t for t in asyncio.all_tasks() if t is not current}
+    others = {
+        t
+        for t in asyncio.all_tasks()
+        if t is not current and getattr(t, "_log_destroy_pending", True)  # not abandoned
+    }
     for task in others:
         task.cancel()
     if not others:
@@ -107,21 +180,28 @@ async def _finalize(name: str, state: LoopState, grace: float, jobs: JobSet | No
     if not await ASYNCIO.within(CANCEL_GRACE, loop.shutdown_asyncgens):
         logger.warning("closing the async generators of the %s loop timed out", name)
     await _cancel_the_rest(name)
+    # Bounded: a worker thread stuck in blocking code must not hang close() (or a
+    # call-scope call, whose TimeoutError waits for its loop to close).
     executor = _own_executors.pop(id(loop), None)
     if executor is not None:
         executor.shut_down_within(CANCEL_GRACE)
-    elif sys.version_info >= (3, 12):
-        # Bounded: a worker thread stuck in blocking code must not hang close() (or a
-        # call-scope call, whose TimeoutError waits for its loop to close). Before 3.12
-        # the wait cannot be bounded: cancelling it still joins the thread.
-        await loop.shutdown_default_executor(CANCEL_GRACE)
-    else:
-        await loop.shutdown_default_executor()
 
 
-class _LazyExecutor(concurrent.futures.ThreadPoolExecutor):
-    """A uvloop loop's default executor, set up at its first job: most loops never use
-    one, and setting up a thread pool costs a fifth of a whole call-scope call."""
+#: Marks the threads of loopshim's executors: ``pool`` is the executor a thread serves.
+_pool_threads = threading.local()
+
+
+class _LoopExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The default executor of loopshim's asyncio and uvloop loops (what
+    ``asyncio.to_thread`` and ``run_in_executor(None, ...)`` use).
+
+    Set up at its first job: most loops never use one, and setting up a thread pool
+    costs a fifth of a whole call-scope call. Stopped without waiting for its threads
+    beyond a bound (uvloop's ``shutdown_default_executor`` waits whatever the timeout,
+    asyncio's before 3.12 too). And a worker that blocks on a call to the loop that owns
+    the pool lends the pool its place (:meth:`lend_worker`): else, with more such
+    callers than workers, every worker waits for a call that waits for a worker.
+    """
 
     def __init__(self) -> None:  # the pool's own set-up waits for the first job
         self._setup_lock = threading.Lock()
@@ -133,9 +213,30 @@ class _LazyExecutor(concurrent.futures.ThreadPoolExecutor):
                 if self._stage == "closed":
                     raise RunnerClosed("cannot schedule new futures after shutdown")
                 if self._stage == "idle":
-                    super().__init__(thread_name_prefix="loopshim-executor")
+                    super().__init__(thread_name_prefix="loopshim-executor", initializer=self._mark)
                     self._stage = "running"
         return super().submit(fn, *args, **kwargs)
+
+    def _mark(self) -> None:
+        _pool_threads.pool = self
+
+    def lend_worker(self) -> Callable[[], None] | None:
+        """If the calling thread is one of this pool's, let the pool run one more worker
+        while it waits; return what takes that place back (else ``None``)."""
+        if getattr(_pool_threads, "pool", None) is not self:
+            return None
+        with self._shutdown_lock:
+            if self._shutdown:
+                return None
+            self._max_workers += 1
+            if not self._work_queue.empty():
+                self._adjust_thread_count()  # no idle worker left: start one
+        take_back: Callable[[], None] = self._take_back
+        return take_back
+
+    def _take_back(self) -> None:
+        with self._shutdown_lock:
+            self._max_workers -= 1
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._setup_lock:
@@ -154,18 +255,48 @@ class _LazyExecutor(concurrent.futures.ThreadPoolExecutor):
             thread.join(max(0.0, deadline - time.monotonic()))
 
 
-#: uvloop's ``shutdown_default_executor`` waits for its threads whatever the timeout, so
-#: uvloop loops get a default executor loopshim can stop without waiting (by ``id``
-#: of the loop; removed when the loop is finalized).
-_own_executors: dict[int, _LazyExecutor] = {}
+#: The default executors of loopshim's loops, by ``id`` of the loop (removed when the
+#: loop closes). An executor the program sets itself is the program's to shut down.
+_own_executors: dict[int, _LoopExecutor] = {}
+
+
+def _is_anyio_worker_of(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether the calling thread is one of anyio's worker threads for *loop*."""
+    anyio_asyncio = sys.modules.get("anyio._backends._asyncio")
+    worker_class = getattr(anyio_asyncio, "WorkerThread", None)
+    thread = threading.current_thread()
+    return worker_class is not None and isinstance(thread, worker_class) and thread.loop is loop
+
+
+def _lend_anyio_token(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+    """Raise anyio's default thread limiter on *loop* by one token; return what lowers
+    it again. (The limiter lives on the loop; sniffio must see a task there.)"""
+
+    async def adjust(by: int) -> None:
+        import anyio.to_thread
+
+        anyio.to_thread.current_default_thread_limiter().total_tokens += by
+
+    def start(by: int) -> None:
+        loop.create_task(adjust(by))
+
+    def change(by: int) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(start, by)
+
+    change(1)
+    return functools.partial(change, -1)
+
+
+def _is_uvloop(loop: asyncio.AbstractEventLoop) -> bool:
+    return type(loop).__module__.startswith("uvloop")
 
 
 def _new_loop(factory: LoopFactory) -> asyncio.AbstractEventLoop:
     loop = factory()
-    if type(loop).__module__.startswith("uvloop"):
-        executor = _LazyExecutor()
-        loop.set_default_executor(executor)
-        _own_executors[id(loop)] = executor
+    executor = _LoopExecutor()
+    loop.set_default_executor(executor)
+    _own_executors[id(loop)] = executor
     return loop
 
 
@@ -173,28 +304,74 @@ class AsyncioDrivenLoop(DrivenLoop):
     """A loop driven in the calling thread, one call at a time, with
     ``run_until_complete``."""
 
-    def __init__(self, name: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, name: str, loop: asyncio.AbstractEventLoop, main_thread: bool) -> None:
         super().__init__()
         self._name = name
         self._loop = loop
         self._state = LoopState(ASYNCIO)
         self._state.attach(loop)
+        #: Driven by the main thread, where Ctrl-C lands (see ``_interrupts``).
+        self._main_thread = main_thread
 
     def run_job(self, job: Job[Any]) -> None:
+        if self._main_thread:
+            _interrupts.under_guard(functools.partial(self.run_guarded, job))
+        else:
+            self.run_guarded(job, None)
+
+    def run_guarded(self, job: Job[Any], guard: InterruptGuard | None) -> None:
+        """:meth:`run_job`, under *guard* if it is not None."""
         loop = self._loop
         _start(loop, job, None)
+        task = job.handle
+        if guard is not None:
+            guard.arm(
+                functools.partial(loop.call_soon_threadsafe, _interrupt, job, guard),
+                _in_task(loop, task),
+            )
         try:
-            loop.run_until_complete(job.handle)
+            loop.run_until_complete(task)
         except BaseException:
-            # Interrupted outside the coroutine (a signal handler raised while the loop
-            # was waiting): cancel the coroutine and let it unwind before re-raising.
-            if not job.done:
+            if loop.is_running():
+                # Interrupted while the loop set up or tore down its run (uvloop, by
+                # another signal's handler that raised): it stays "running" for good.
+                self._give_up()
+            elif not job.done and not (guard is not None and guard.abandon):
+                # Interrupted outside the coroutine (a signal handler raised while the
+                # loop was waiting): cancel the coroutine and let it unwind.
                 job.cancel_reason = CancelReason.INTERRUPTED
-                job.handle.cancel()
-                loop.run_until_complete(job.handle)
+                task.cancel()
+                # A task that ended by raising KeyboardInterrupt never stops the loop.
+                if not task.done():
+                    loop.run_until_complete(task)
             raise
+        finally:
+            if guard is not None:
+                guard.disarm()
+
+    def _give_up(self) -> None:
+        """Abandon the loop, stuck in its run; close what it lets us close."""
+        self.broken = True
+        loop = self._loop
+        self._state.detach()
+        abandon(asyncio.all_tasks(loop))
+        executor = _own_executors.pop(id(loop), None)
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+        logger.warning(
+            "an interrupt left the %s loop running outside its run: it was replaced, and "
+            "its loop_local values and file descriptors could not be closed",
+            self._name,
+        )
 
     def close(self) -> None:
+        # Ctrl-C while the loop closes takes effect once it is closed (closing is bounded).
+        _interrupts.under_guard(lambda _: self.close_guarded())
+
+    def close_guarded(self) -> None:
+        """:meth:`close`, inside the guard of whoever calls it."""
+        if self.broken:
+            return
         try:
             self._loop.run_until_complete(_finalize(self._name, self._state, 0))
         finally:
@@ -202,40 +379,165 @@ class AsyncioDrivenLoop(DrivenLoop):
             self._loop.close()
 
 
+class StoppingDrivenLoop(AsyncioDrivenLoop):
+    """uvloop's loop, driven with ``run_forever``, which the call's task stops (see
+    :func:`_execute_and_stop`): two loop iterations for a call that never waits, where
+    ``run_until_complete`` takes three, and none of its work in Python (it passes the
+    task through ``asyncio.ensure_future``) or of its done callback."""
+
+    def __init__(self, name: str, loop: asyncio.AbstractEventLoop, main_thread: bool) -> None:
+        super().__init__(name, loop, main_thread)
+        # create_task takes context= on 3.11+ (uvloop's: on 3.10 too)
+        self.loop: Any = loop
+        #: The job being driven, whose task stops the loop when it ends (a call its
+        #: caller stopped waiting for must not stop a later one).
+        self.current: Job[Any] | None = None
+
+    def run_job(self, job: Job[Any]) -> None:
+        if self._main_thread:
+            super().run_job(job)  # under a guard
+            return
+        # run_guarded(job, None), without the frame: this is every call's path.
+        loop = self.loop
+        self.current = job
+        try:
+            coro = _execute_and_stop(job, self)
+            if sys.version_info >= (3, 11) and loop.get_task_factory() is None:
+                task = job.handle = asyncio.Task(coro, loop=loop, context=job.context)
+            else:  # the loop's own create_task, which honours a task factory
+                task = job.handle = loop.create_task(coro, context=job.context)
+            try:
+                loop.run_forever()
+            except BaseException:
+                self._interrupted(job, task, None)
+                raise
+            if not job.done:
+                self._stopped_early(job, task)
+        finally:
+            self.current = None  # the loop must not keep the job, nor the caller's context
+
+    def run_guarded(self, job: Job[Any], guard: InterruptGuard | None) -> None:
+        loop = self.loop
+        self.current = job
+        try:
+            task = job.handle = loop.create_task(_execute_and_stop(job, self), context=job.context)
+            if guard is not None:
+                guard.arm(
+                    functools.partial(loop.call_soon_threadsafe, _interrupt, job, guard),
+                    _in_task(loop, task),
+                )
+            try:
+                loop.run_forever()
+            except BaseException:
+                self._interrupted(job, task, guard)
+                raise
+            finally:
+                if guard is not None:
+                    guard.disarm()
+            if not job.done:
+                self._stopped_early(job, task)
+        finally:
+            self.current = None
+
+    def _interrupted(
+        self, job: Job[Any], task: asyncio.Task[Any], guard: InterruptGuard | None
+    ) -> None:
+        """An exception came out of the loop's run, not from the call's coroutine."""
+        if self.loop.is_running():
+            # Interrupted while the loop set up or tore down its run (by another
+            # signal's handler that raised): it stays "running" for good.
+            self._give_up()
+        elif not job.done and not (guard is not None and guard.abandon):
+            # Cancel the coroutine and let it unwind. (After Ctrl-C twice it stays on
+            # the loop, cancelled: self.current no longer names it when it ends.)
+            job.cancel_reason = CancelReason.INTERRUPTED
+            task.cancel()
+            self._run_until_done(task)
+
+    def _stopped_early(self, job: Job[Any], task: asyncio.Task[Any]) -> None:
+        """``loop.stop()`` inside the call (or left over from an earlier one) ended the
+        run first: cancel the coroutine, let it unwind, and fail, as
+        ``run_until_complete`` does (and loopshim's own driving of asyncio's loop)."""
+        job.cancel_reason = CancelReason.INTERRUPTED
+        task.cancel()
+        self._run_until_done(task)
+        raise LoopStopped
+
+    def _run_until_done(self, task: asyncio.Task[Any]) -> None:
+        while not task.done():
+            self.loop.run_forever()  # until the task stops it
+
+
 class DirectlyDrivenLoop(AsyncioDrivenLoop):
     """A loop that :func:`~._asyncio_direct.can_drive` accepts, driven without
     ``run_until_complete``: a call that never waits costs one pass over the ready
     callbacks; one that waits runs full loop iterations (I/O, timers) until it is done."""
 
-    def __init__(self, name: str, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(name, loop)
+    def __init__(self, name: str, loop: asyncio.AbstractEventLoop, main_thread: bool) -> None:
+        super().__init__(name, loop, main_thread)
         self._driver = Driver(loop)
 
-    def run_job(self, job: Job[Any]) -> None:
+    def run_guarded(self, job: Job[Any], guard: InterruptGuard | None) -> None:
         driver = self._driver
         outer = driver.enter()
         try:
-            job.handle = driver.new_task(_execute(job, None), job.context)
+            task = job.handle = driver.new_task(_execute(job, None), job.context)
+            if guard is not None:
+                guard.arm(
+                    functools.partial(self._loop.call_soon_threadsafe, _interrupt, job, guard),
+                    _in_task(self._loop, task),
+                )
             try:
                 driver.run_until(lambda: job.done)
             except BaseException:
-                if not job.done:
+                if not job.done and not (guard is not None and guard.abandon):
                     job.cancel_reason = CancelReason.INTERRUPTED
-                    job.handle.cancel()
-                    driver.unwind(lambda: job.done)
+                    task.cancel()
+                    driver.unwind(lambda: job.done or task.done())
                 raise
         finally:
+            if guard is not None:
+                guard.disarm()
             driver.leave(outer)
 
 
+def _set_debug(loop: asyncio.AbstractEventLoop, debug: bool) -> None:
+    loop.set_debug(debug)
+    if debug:
+        _name_tasks_after_jobs(loop)
+
+
+def _name_tasks_after_jobs(loop: asyncio.AbstractEventLoop) -> None:
+    """Name each task that runs a job after the job's callable, so that asyncio's debug
+    reports ("Executing <Task ...> took 0.2 seconds", a task destroyed while pending)
+    name the user's coroutine, not only loopshim's wrapper. A task factory already set
+    on the loop still makes the tasks."""
+    outer = loop.get_task_factory()
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        if outer is not None:
+            task = outer(loop, coro, **kwargs)
+        else:
+            task = asyncio.Task(coro, loop=loop, **kwargs)
+        job = job_of(coro)
+        if job is not None and isinstance(task, asyncio.Task):
+            task.set_name(job.label)
+        return task
+
+    loop.set_task_factory(factory)
+
+
 def open_driven_loop(name: str, factory: LoopFactory, options: CommonOptions) -> AsyncioDrivenLoop:
-    """A new loop from *factory*, driven directly when it can be (never in debug mode,
-    where ``run_until_complete`` times slow callbacks)."""
+    """A new loop from *factory*, to be driven by the calling thread: directly when it
+    can be (never in debug mode, where ``run_until_complete`` times slow callbacks)."""
     loop = _new_loop(factory)
-    loop.set_debug(options.debug)
+    _set_debug(loop, options.debug)
+    main_thread = threading.current_thread() is threading.main_thread()
     if not options.debug and can_drive(loop):
-        return DirectlyDrivenLoop(name, loop)
-    return AsyncioDrivenLoop(name, loop)
+        return DirectlyDrivenLoop(name, loop, main_thread)
+    if _is_uvloop(loop):
+        return StoppingDrivenLoop(name, loop, main_thread)
+    return AsyncioDrivenLoop(name, loop, main_thread)
 
 
 class AsyncioLoopThread(LoopThread):
@@ -254,7 +556,7 @@ class AsyncioLoopThread(LoopThread):
 
     def serve(self) -> None:
         loop = _new_loop(self._factory)
-        loop.set_debug(self.options.debug)
+        _set_debug(loop, self.options.debug)
         self._loop = loop
         try:
             loop.run_until_complete(self._lifetime())
@@ -280,6 +582,15 @@ class AsyncioLoopThread(LoopThread):
         assert self._loop is not None
         self._loop.call_soon_threadsafe(callback)
 
+    def lend_worker(self) -> Callable[[], None] | None:
+        loop = self._loop
+        executor = _own_executors.get(id(loop))
+        if executor is not None and (take_back := executor.lend_worker()) is not None:
+            return take_back
+        if loop is not None and _is_anyio_worker_of(loop):
+            return _lend_anyio_token(loop)
+        return None
+
     def submit(self, job: Job[Any]) -> None:
         loop = self._loop
         assert loop is not None
@@ -304,7 +615,7 @@ class AsyncioLoopThread(LoopThread):
     def cancel(self, job: Job[Any], reason: CancelReason) -> None:
         assert self._loop is not None
         with contextlib.suppress(RuntimeError):  # a closed loop took its jobs with it
-            self._loop.call_soon_threadsafe(job.cancel, reason)
+            self._loop.call_soon_threadsafe(_cancel, job, reason, self._jobs)
 
     def request_shutdown(self, grace: float) -> None:
         assert self._loop is not None
@@ -336,11 +647,17 @@ class AsyncioBackend(Backend):
         return open_driven_loop(self.name, self._factory, options)
 
     def run_fresh(self, job: Job[Any], options: CommonOptions) -> None:
+        # One guard over the loop's whole life: Ctrl-C while it opens or closes too.
+        _interrupts.under_guard(functools.partial(self._run_fresh, job, options))
+
+    def _run_fresh(
+        self, job: Job[Any], options: CommonOptions, guard: InterruptGuard | None
+    ) -> None:
         loop = open_driven_loop(self.name, self._factory, options)
         try:
-            loop.run_job(job)
+            loop.run_guarded(job, guard)
         finally:
-            loop.close()
+            loop.close_guarded()
 
     def loop_thread(self, options: CommonOptions) -> LoopThread:
         # Eager start pays off on the standard loop; uvloop's task start is already cheap.

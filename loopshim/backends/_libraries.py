@@ -5,6 +5,7 @@ only be running if trio was imported already."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import sys
 from asyncio import _get_running_loop
@@ -14,6 +15,7 @@ from typing import Any, Final
 from .._core import (
     CANCEL_GRACE,
     AsyncEvent,
+    Job,
     Library,
     LoopActivity,
     machinery_of,
@@ -58,6 +60,31 @@ class AsyncioLibrary(Library):
         task = context.run(loop.create_task, _await(fn), name=name)
         return task.cancel
 
+    async def within_timeout(self, job: Job[Any]) -> Any:
+        return await _with_timeout(job)
+
+    def waiter(
+        self,
+    ) -> tuple[Callable[[], object], Callable[[Callable[[], object]], Awaitable[None]]]:
+        loop = asyncio.get_running_loop()
+        woken = loop.create_future()
+
+        def wake() -> None:
+            with contextlib.suppress(RuntimeError):  # the waiting loop is closed
+                loop.call_soon_threadsafe(_resolve, woken)
+
+        async def wait(on_cancel: Callable[[], object]) -> None:
+            try:
+                await asyncio.shield(woken)
+            except asyncio.CancelledError:
+                on_cancel()
+                while not woken.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.shield(woken)
+                raise
+
+        return wake, wait
+
     def machinery(self) -> tuple[str, ...]:
         return machinery_of(asyncio)
 
@@ -81,6 +108,48 @@ class AsyncioLibrary(Library):
         beat_and_again()
 
 
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+if sys.version_info >= (3, 11):
+
+    async def _with_timeout(job: Job[Any]) -> Any:
+        """Await the job's coroutine in this task, cancelled after the job's timeout."""
+        assert job.timeout is not None
+        try:
+            async with asyncio.timeout(job.timeout) as deadline:
+                return await job.awaitable()
+        except TimeoutError as exc:
+            if deadline.expired():
+                raise job.cancelled_error(exc) from None
+            raise
+
+else:
+
+    async def _with_timeout(job: Job[Any]) -> Any:
+        """Await the job's coroutine in this task, cancelled after the job's timeout."""
+        assert job.timeout is not None
+        task = asyncio.current_task()
+        assert task is not None
+        fired: list[bool] = []
+
+        def expire() -> None:
+            fired.append(True)
+            task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(job.timeout, expire)
+        try:
+            return await job.awaitable()
+        except asyncio.CancelledError as exc:
+            if fired:
+                raise job.cancelled_error(exc) from None
+            raise
+        finally:
+            timer.cancel()
+
+
 async def _await(fn: Callable[[], Awaitable[object]]) -> object:
     return await fn()
 
@@ -98,13 +167,23 @@ class TrioLibrary(Library):
 
     name = "trio"
 
+    def __init__(self) -> None:
+        #: sniffio's thread-local, once trio (which imports sniffio) is imported.
+        self._sniffio_local: Any = None
+
     def running(self) -> bool:
         # trio marks every run (trio.run, guest mode, loopshim's driver) in sniffio's
         # thread-local for its whole duration; reading that is much cheaper than
         # trio.lowlevel.in_trio_task(), which raises and catches an AttributeError
-        # whenever the answer is no.
-        sniffio = sys.modules.get("sniffio") if "trio" in sys.modules else None
-        return sniffio is not None and sniffio.thread_local.name == "trio"
+        # whenever the answer is no. Asked on every call.
+        local = self._sniffio_local
+        if local is None:
+            # trio may be half imported, by another thread, without sniffio yet.
+            sniffio = sys.modules.get("sniffio") if "trio" in sys.modules else None
+            if sniffio is None:
+                return False
+            local = self._sniffio_local = sniffio.thread_local
+        return local.name == "trio"  # type: ignore[no-any-return]
 
     def current_loop_key(self) -> object | None:
         trio = sys.modules.get("trio")
@@ -140,6 +219,37 @@ class TrioLibrary(Library):
 
         trio.lowlevel.spawn_system_task(in_scope, context=context, name=name)
         return scope.cancel
+
+    async def within_timeout(self, job: Job[Any]) -> Any:
+        import trio
+
+        assert job.timeout is not None
+        with trio.move_on_after(job.timeout):
+            return await job.awaitable()
+        raise job.cancelled_error(None)  # reached only when the deadline cancelled it
+
+    def waiter(
+        self,
+    ) -> tuple[Callable[[], object], Callable[[Callable[[], object]], Awaitable[None]]]:
+        import trio
+
+        token = trio.lowlevel.current_trio_token()
+        woken = trio.Event()
+
+        def wake() -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(woken.set)
+
+        async def wait(on_cancel: Callable[[], object]) -> None:
+            try:
+                await woken.wait()
+            except trio.Cancelled:
+                on_cancel()
+                with trio.CancelScope(shield=True):
+                    await woken.wait()
+                raise
+
+        return wake, wait
 
     def machinery(self) -> tuple[str, ...]:
         return machinery_of(*(sys.modules[m] for m in _TRIO_MACHINERY if m in sys.modules))

@@ -6,8 +6,10 @@ import contextlib
 import contextvars
 import functools
 import re
+import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar, Final
 
@@ -24,13 +26,15 @@ from .._core import (
     LoopThread,
     add_note,
     close_own_work,
+    job_of,
     logger,
     refuse_backend,
     threading_patched,
 )
 from .._errors import OptionError, RunnerClosed
 from .._options import CommonOptions
-from . import _trio_driver
+from . import _interrupts, _trio_driver
+from ._interrupts import InterruptGuard
 from ._libraries import TRIO
 
 __all__ = [
@@ -40,6 +44,7 @@ __all__ = [
     "TrioLoopThread",
     "backend_class",
     "instruments",
+    "run_fresh",
 ]
 
 #: With ``debug=True``, a task step that holds the loop longer than this is logged
@@ -48,10 +53,21 @@ SLOW_STEP: Final = 0.1
 
 
 class SlowStepLogger(trio.abc.Instrument):
-    """Logs task steps that block the trio loop for longer than :data:`SLOW_STEP`."""
+    """Logs task steps that block the trio loop for longer than :data:`SLOW_STEP`,
+    naming a task of loopshim's after the coroutine its job runs."""
 
     def __init__(self) -> None:
         self._started = 0.0
+        #: The job labels of loopshim's tasks, read when they are spawned (a task's
+        #: last step leaves no frame to read them from).
+        self._labels: weakref.WeakKeyDictionary[trio.lowlevel.Task, str] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        job = job_of(task.coro)
+        if job is not None:
+            self._labels[task] = job.label
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         self._started = time.perf_counter()
@@ -59,7 +75,8 @@ class SlowStepLogger(trio.abc.Instrument):
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
         elapsed = time.perf_counter() - self._started
         if elapsed > SLOW_STEP:
-            logger.warning("trio task %s blocked the loop for %.3f s", task.name, elapsed)
+            name = self._labels.get(task, task.name)
+            logger.warning("trio task %s blocked the loop for %.3f s", name, elapsed)
 
 
 def instruments(options: CommonOptions) -> tuple[trio.abc.Instrument, ...]:
@@ -118,6 +135,27 @@ async def _execute_unscoped(job: Job[Any]) -> None:
         job.complete(None)
 
 
+async def _execute_call(job: Job[Any], jobs: set[Job[Any]]) -> None:
+    """A ``process``-scope call that only ``close()`` can cancel — no timeout, and a
+    caller other than the main thread, where Ctrl-C would — runs in the loop's nursery
+    of such calls, whose cancel scope ``close()`` cancels for all of them at once,
+    instead of in a cancel scope of its own: entering and leaving one costs about as
+    much as the rest of the call."""
+    try:
+        job.result = await job.awaitable()
+    except trio.Cancelled:
+        # close() cancelled the calls still running, or the run itself is ending.
+        job.error = job.cancelled_error(None) if job.cancel_reason else _run_ended(job)
+    except BaseException as exc:
+        job.error = _explain_asyncio_only(exc)
+    finally:
+        job.complete(jobs)
+
+
+def _run_ended(job: Job[Any]) -> RunnerClosed:
+    return RunnerClosed(f"{job.label} was cancelled because its loop stopped")
+
+
 async def _execute(job: Job[Any], jobs: set[Job[Any]] | None = None) -> None:
     try:
         with trio.CancelScope() as scope:
@@ -131,7 +169,7 @@ async def _execute(job: Job[Any], jobs: set[Job[Any]] | None = None) -> None:
             job.error = job.cancelled_error(None)
     except trio.Cancelled:
         # Cancelled from outside our own scope: the run itself is shutting down.
-        job.error = RunnerClosed(f"{job.label} was cancelled because its loop stopped")
+        job.error = _run_ended(job)
     except BaseException as exc:
         job.error = _explain_asyncio_only(exc)
     finally:
@@ -146,30 +184,52 @@ class FreshRunLoop(DrivenLoop):
         self._options = options
 
     def run_job(self, job: Job[Any]) -> None:
-        run = functools.partial(
-            trio.run, _run_and_close, job, instruments=instruments(self._options)
-        )
-        contextvars.Context().run(run)  # see _run_and_close
+        contextvars.Context().run(run_fresh, job, self._options)  # see _run_and_close
 
     def close(self) -> None:
         pass  # each call's run closed itself
 
 
-async def _run_and_close(job: Job[Any]) -> None:
+def run_fresh(job: Job[Any], options: CommonOptions) -> None:
+    """Run *job* in a ``trio.run`` of its own. In the main thread, Ctrl-C goes through
+    loopshim's guard (see ``_interrupts``) instead of trio's own handler, which comes
+    too late to cover the run's set-up: interrupted there, the run's file descriptors
+    leak."""
+    _interrupts.under_guard(
+        lambda guard: trio.run(_run_and_close, job, guard, instruments=instruments(options))
+    )
+
+
+async def _run_and_close(job: Job[Any], guard: InterruptGuard | None) -> None:
     # trio.run has no context argument: it runs in an empty context (see _CallScope),
     # and the job's variables are set here, in the main task's own copy.
     for var, value in job.context.items():
         var.set(value)
     state = LoopState(TRIO)
-    state.attach(trio.lowlevel.current_trio_token())
+    token = trio.lowlevel.current_trio_token()
+    state.attach(token)
     try:
-        await _execute_unscoped(job)
+        if guard is None:
+            await _execute_unscoped(job)
+        else:
+            guard.arm(
+                functools.partial(token.run_sync_soon, _trio_driver.interrupt_call, job, guard),
+                functools.partial(_trio_driver.in_task, trio.lowlevel.current_task()),
+            )
+            await _execute(job)
     finally:
+        if guard is not None:
+            guard.disarm()
         if state:
             with trio.CancelScope(shield=True):
                 await state.aclose()
         else:
             state.detach()
+
+
+def _adjust_thread_limiter(by: int) -> None:
+    """Change ``trio.to_thread``'s default limiter by *by* tokens (on the run)."""
+    trio.to_thread.current_default_thread_limiter().total_tokens += by
 
 
 class TrioLoopThread(LoopThread):
@@ -181,6 +241,8 @@ class TrioLoopThread(LoopThread):
         self._jobs = JobSet()
         self._token: trio.lowlevel.TrioToken | None = None
         self._stop: trio.Event | None = None
+        #: Where calls that only close() cancels run (see _execute_call).
+        self._calls: trio.Nursery | None = None
         self._grace = 0.0
 
     def serve(self) -> None:
@@ -191,37 +253,80 @@ class TrioLoopThread(LoopThread):
         self._token = trio.lowlevel.current_trio_token()
         state.attach(self._token)
         self._stop = trio.Event()
-        self.ready()
-        await self._stop.wait()
-        # loopshim's own jobs first, then loop-local values while the clients' tasks
-        # still run; trio.run then closes async generators and whatever is left.
-        await close_own_work(TRIO, self.backend.name, state, self._jobs, self._grace)
+        async with trio.open_nursery() as calls:
+            self._calls = calls
+            self.ready()
+            await self._stop.wait()
+            # loopshim's own jobs first, then loop-local values while the clients' tasks
+            # still run; trio.run then closes async generators and whatever is left.
+            # Shielded: cancelling the calls still running at the end of the grace
+            # period cancels this nursery's scope, around this code too.
+            with trio.CancelScope(shield=True):
+                await close_own_work(TRIO, self.backend.name, state, self._jobs, self._grace)
 
     def call_soon(self, callback: Callable[[], object]) -> None:
         assert self._token is not None
         self._token.run_sync_soon(callback)
 
+    def lend_worker(self) -> Callable[[], None] | None:
+        # trio.to_thread's worker threads (anyio's too, on trio) know their run's
+        # token; trio keeps it in a private thread-local, so look it up defensively.
+        threads = sys.modules.get("trio._threads")
+        parent = getattr(threads, "PARENT_TASK_DATA", None)
+        token = self._token
+        if token is None:
+            return None
+        run_sync_soon = token.run_sync_soon
+        if getattr(parent, "token", None) is not token:
+            return None
+
+        def change(by: int) -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                run_sync_soon(_adjust_thread_limiter, by)
+
+        change(1)
+        return functools.partial(change, -1)
+
     def submit(self, job: Job[Any]) -> None:
         if self.in_loop_thread():
-            self._start(job)
+            self._start(job, True)
             return
         assert self._token is not None
+        # What can cancel this job alone: its timeout, Ctrl-C in its caller (signals
+        # reach the main thread only), or the cancellation of its background future.
+        scoped = (
+            job.timeout is not None
+            or job.future is not None
+            or threading.current_thread() is threading.main_thread()
+        )
         try:
-            self._token.run_sync_soon(self._start, job)
+            self._token.run_sync_soon(self._start, job, scoped)
         except trio.RunFinishedError:
             raise RunnerClosed("the runner's loop has stopped") from None
 
-    def _start(self, job: Job[Any]) -> None:
+    def _start(self, job: Job[Any], scoped: bool) -> None:
         if self._stop is None or self._stop.is_set():
             job.refuse()
             return
         self._jobs.add(job)
-        trio.lowlevel.spawn_system_task(_execute, job, self._jobs, context=job.context)
+        if scoped:
+            trio.lowlevel.spawn_system_task(_execute, job, self._jobs, context=job.context)
+            return
+        calls = self._calls
+        assert calls is not None
+        job.handle = calls.cancel_scope
+        job.context.run(calls.start_soon, _execute_call, job, self._jobs)
 
     def cancel(self, job: Job[Any], reason: CancelReason) -> None:
         assert self._token is not None
         with contextlib.suppress(trio.RunFinishedError):  # the run took its jobs with it
-            self._token.run_sync_soon(job.cancel, reason)
+            self._token.run_sync_soon(self._cancel, job, reason)
+
+    def _cancel(self, job: Job[Any], reason: CancelReason) -> None:
+        calls = self._calls
+        if calls is not None and job.handle is calls.cancel_scope:
+            return  # a call of another thread than the main one: only close() cancels it
+        job.cancel(reason)
 
     def request_shutdown(self, grace: float) -> None:
         assert self._token is not None
@@ -262,11 +367,13 @@ class TrioBackend(Backend):
             # A thread-scope loop is driven only by the thread that opens it.
             interruptible = threading.current_thread() is threading.main_thread()
             execute = _execute if interruptible else _execute_unscoped
-            return _trio_driver.TrioDrivenLoop(execute, instruments(options))
+            return _trio_driver.TrioDrivenLoop(
+                execute, instruments(options), main_thread=interruptible
+            )
         return FreshRunLoop(options)
 
     def run_fresh(self, job: Job[Any], options: CommonOptions) -> None:
-        trio.run(_run_and_close, job, instruments=instruments(options))
+        run_fresh(job, options)
 
     def loop_thread(self, options: CommonOptions) -> LoopThread:
         if threading_patched():  # trio was imported before gevent patched (--preload)

@@ -13,6 +13,7 @@ per call.
 from __future__ import annotations
 
 import contextvars
+import functools
 import inspect
 import sys
 from collections.abc import Callable, Sequence
@@ -23,6 +24,8 @@ import trio
 
 from .._core import CancelReason, DrivenLoop, Job, LoopState
 from .._errors import LoopError
+from . import _interrupts
+from ._interrupts import InterruptGuard
 from ._libraries import TRIO
 
 #: trio versions this driver was written and tested against: [first, last).
@@ -70,21 +73,27 @@ class TrioDrivenLoop(DrivenLoop):
     Between calls the thread is not "inside" the run: trio's run context, the
     async-generator hooks and sniffio's marker are swapped in for the duration of each
     call only, so ``trio.run`` and other loops keep working in the same thread. trio's
-    SIGINT handler is not installed: Ctrl-C raises ``KeyboardInterrupt`` as usual, and
-    the driver cancels the call and lets it unwind before re-raising.
+    SIGINT handler is not installed: between calls Ctrl-C raises ``KeyboardInterrupt``
+    as usual; during a call in the main thread it cancels the call, which unwinds, then
+    raises (see ``_interrupts``).
     """
 
     def __init__(
         self,
         execute: Callable[[Job[Any]], Any],
         instruments: Sequence[trio.abc.Instrument],
+        *,
+        main_thread: bool = False,
     ) -> None:
         from trio._core import _run
 
         super().__init__()
         self._execute = execute
+        #: Driven by the main thread, where Ctrl-C lands.
+        self._main_thread = main_thread
         self._context = _run.GLOBAL_RUN_CONTEXT
         self._stop: trio.Event | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
         self._state = LoopState(TRIO)
         outer_hooks = sys.get_asyncgen_hooks()
         try:
@@ -106,7 +115,8 @@ class TrioDrivenLoop(DrivenLoop):
             sys.set_asyncgen_hooks(*outer_hooks)
 
     async def _main(self) -> None:
-        self._state.attach(trio.lowlevel.current_trio_token())
+        self._token = trio.lowlevel.current_trio_token()
+        self._state.attach(self._token)
         self._stop = trio.Event()
         await self._stop.wait()
         await self._state.aclose()
@@ -137,6 +147,15 @@ class TrioDrivenLoop(DrivenLoop):
         sniffio.thread_local.name = outer[1]
 
     def run_job(self, job: Job[Any]) -> None:
+        guard = _interrupts.guard() if self._main_thread else None
+        if guard is not None:
+            try:
+                guard.active = True
+                self._run_guarded(job, guard)
+            finally:
+                guard.active = False
+                guard.release()
+            return
         outer = self._enter()
         try:
             trio.lowlevel.spawn_system_task(self._execute, job, context=job.context)
@@ -144,7 +163,21 @@ class TrioDrivenLoop(DrivenLoop):
         finally:
             self._leave(outer)
 
-    def _drive_job(self, job: Job[Any]) -> None:
+    def _run_guarded(self, job: Job[Any], guard: InterruptGuard) -> None:
+        assert self._token is not None
+        outer = self._enter()
+        try:
+            task = trio.lowlevel.spawn_system_task(self._execute, job, context=job.context)
+            guard.arm(
+                functools.partial(self._token.run_sync_soon, interrupt_call, job, guard),
+                functools.partial(in_task, task),
+            )
+            self._drive_job(job, guard)
+        finally:
+            guard.disarm()
+            self._leave(outer)
+
+    def _drive_job(self, job: Job[Any], guard: InterruptGuard | None = None) -> None:
         gen = self._gen
         get_events = self._runner.io_manager.get_events
         try:
@@ -152,11 +185,20 @@ class TrioDrivenLoop(DrivenLoop):
             # job's first step runs at once, without polling first; the I/O that is ready
             # is seen one iteration later, as the job waits.
             timeout = gen.send(_NO_EVENTS)
-            while not job.done:
-                timeout = gen.send(get_events(timeout))
+            if guard is None:
+                while not job.done:
+                    timeout = gen.send(get_events(timeout))
+            else:
+                # Until Ctrl-C comes twice: the call stays on the run, cancelled.
+                while not (job.done or guard.abandon):
+                    timeout = gen.send(get_events(timeout))
         except StopIteration:
             # The run ended under us.
             self.broken = True
+            if guard is not None and guard.raised and guard.pending is not None:
+                # A second Ctrl-C that landed in the system task's own last lines
+                # ended the run with it.
+                raise guard.pending from None
             raise LoopError("the trio run ended before the call finished") from None
         except trio.TrioInternalError as exc:
             # An interrupt landed inside trio's scheduler: this run is gone.
@@ -165,7 +207,7 @@ class TrioDrivenLoop(DrivenLoop):
                 raise exc.__cause__ from None
             raise
         except BaseException:
-            if not job.done:
+            if not job.done and not (guard is not None and guard.abandon):
                 job.cancel_reason = CancelReason.INTERRUPTED
                 if job.handle is not None:
                     job.handle.cancel()
@@ -173,6 +215,10 @@ class TrioDrivenLoop(DrivenLoop):
             raise
 
     def close(self) -> None:
+        # Ctrl-C while the run closes takes effect once it is closed (closing is bounded).
+        _interrupts.under_guard(lambda _: self._close())
+
+    def _close(self) -> None:
         outer = self._enter()
         try:
             assert self._stop is not None
@@ -180,3 +226,18 @@ class TrioDrivenLoop(DrivenLoop):
             self._drive(lambda: False)  # until the run finishes
         finally:
             self._leave(outer)
+
+
+def interrupt_call(job: Job[Any], guard: InterruptGuard) -> None:
+    """On the run, after Ctrl-C: cancel the call (a second Ctrl-C needs nothing from
+    here: the driver stops waiting once the run has woken up)."""
+    if guard.driving:
+        job.cancel(CancelReason.INTERRUPTED)
+
+
+def in_task(task: trio.lowlevel.Task) -> bool:
+    """Whether *task* is taking a step now (called from the signal handler)."""
+    try:
+        return trio.lowlevel.current_task() is task
+    except RuntimeError:  # no task is
+        return False

@@ -6,7 +6,13 @@ Only :mod:`loopshim.cli` imports this package. Its modules, one job each:
 ``_contenders``  what is compared: a contender, and loopshim's runners as contenders
 ``_peers``       the peers: Flask's default (the baseline), the ``run`` functions, anyio's
                  portal, and the hand-written recipes that are the scopes' floors
+``_async_peers`` the peers of calls from async code: greenback, nest_asyncio, awaiting
+                 directly, and the recipes that await a call on another loop by hand
+``_hosts``       the event loops kept by hand: per caller thread, in a thread of their
+                 own, and the hosts that run a coroutine in the caller thread
+``_isolated``    a contender run in a process of its own (nest_asyncio)
 ``_workloads``   what one call does
+``_timing``      timing one batch of calls, wherever it runs
 ``_results``     the data of a run: settings, cells, the result
 ``_plan``        which cells a run measures, and the install line for those it cannot
 ``_measure``     the interleaved measurement, its time budget and its estimate

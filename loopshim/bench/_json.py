@@ -42,6 +42,8 @@ def _cell_json(result: BenchResult, cell: Cell) -> dict[str, Any]:
         "kind": cell.contender.kind,
         "backend": cell.contender.backend,
         "scope": cell.contender.scope,
+        "reentrant": cell.contender.reentrant if cell.contender.kind == "loopshim" else None,
+        "pair": list(cell.contender.pair) if cell.contender.pair is not None else None,
         "status": cell.status,
         "detail": cell.detail,
         "calls": cell.calls,

@@ -1,7 +1,9 @@
 """One interleaved measurement: set every contender up, warm every cell up, then run the
 rounds — each gives every cell's batch in a fresh random order, so that slow phases of a
 busy machine hit every cell alike — from long-lived caller threads, as a WSGI server
-calls.
+calls. A batch is run by the cell's batch runner (``_timing``), in the caller thread —
+or inside a coroutine on the contender's loop, or in the contender's own process — and
+every call in it is timed alike.
 
 The time a run takes is what was asked for (``--duration`` per row) plus small, bounded
 costs: the warm-up is a share of a row's duration; each batch is long enough to hold a
@@ -21,7 +23,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final
 
 if sys.version_info >= (3, 11):
@@ -33,6 +34,7 @@ from .._info import pip_install_line
 from ._contenders import Prepared
 from ._plan import plan, requirements
 from ._results import BenchResult, BenchSettings, Cell, Status
+from ._timing import BatchRunner, Budget
 
 __all__ = [
     "Announce",
@@ -45,10 +47,9 @@ __all__ = [
     "warm_up_budget",
 ]
 
-#: Warm-up per cell and caller thread: at least _WARMUP_MIN_CALLS calls (the first one
-#: pays for imports and first loops; the others estimate the time of a call), then up
-#: to _WARMUP_CALLS calls or warm_up_budget() seconds, whichever comes first.
-_WARMUP_MIN_CALLS: Final = 2
+#: Warm-up per cell and caller thread: a batch of one call (it pays for imports and
+#: first loops), then one of at least one call that estimates the time of a call, up
+#: to _WARMUP_CALLS calls in all or warm_up_budget() seconds, whichever comes first.
 _WARMUP_CALLS: Final = 20
 _WARMUP_MAX_S: Final = 0.1
 _WARMUP_SHARE: Final = 0.1
@@ -66,8 +67,8 @@ Progress = Callable[[int, int, str], None]
 #: run is counted in calls, not seconds).
 Announce = Callable[[int, float | None], None]
 
-#: (cell id, caller thread index) -> the call that thread makes.
-_Calls = dict[tuple[int, int], Callable[[], None]]
+#: (cell id, caller thread index) -> that thread's batch runner.
+_Runners = dict[tuple[int, int], BatchRunner]
 
 
 def _no_progress(done: int, total: int, what: str) -> None:
@@ -109,14 +110,6 @@ def expected_seconds(settings: BenchSettings, rows: int) -> float | None:
     batches = min(settings.rounds, max(1, int(settings.duration / MIN_BATCH_S)))
     per_row = settings.duration + warm_up_budget(settings) + batches * _BATCH_OVERHEAD_S
     return _CLOSING_S + rows * per_row
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What one batch does in each caller thread: call for *seconds*, or *calls* times."""
-
-    seconds: float | None = None
-    calls: int | None = None
 
 
 def next_budget(settings: BenchSettings, cell: Cell, batches: int) -> Budget | None:
@@ -240,7 +233,10 @@ def _prepare(result: BenchResult, stack: contextlib.ExitStack[Any]) -> None:
             cell.fail(status, f"set-up failed: {_error_text(ready)}")
             continue
         try:
-            cell.factory = cell.workload.build(ready)
+            if ready.own_batches is not None:  # it runs its batches itself
+                cell.factory = ready.own_batches(cell.workload.name)
+            else:
+                cell.factory = cell.workload.build(ready)
         except Exception as exc:
             cell.fail("error", f"set-up failed: {_error_text(exc)}")
 
@@ -248,34 +244,32 @@ def _prepare(result: BenchResult, stack: contextlib.ExitStack[Any]) -> None:
 # --- measuring --------------------------------------------------------------------
 
 
-def _warm_up(cell: Cell, callers: _Callers, calls: _Calls, budget_s: float) -> float:
-    """Make each thread's call and run it a few times (imports, first loops, caches);
-    return about how long a call takes (0.0 if the cell failed)."""
+def _warm_up(cell: Cell, callers: _Callers, runners: _Runners, budget_s: float) -> float:
+    """Make each thread's batch runner and run it a few times (imports, first loops,
+    caches); return about how long a call takes (0.0 if the cell failed)."""
     assert cell.factory is not None
     factory, ident = cell.factory, id(cell)
-    times: list[float] = []
+    times: list[int] = []
     clock = time.perf_counter
 
     def job(index: int) -> None:
-        call = calls[ident, index] = factory()
-        deadline = clock() + budget_s
-        for made in range(1, _WARMUP_CALLS + 1):
-            start = clock()
-            call()
-            end = clock()
-            if made > 1:  # the first call pays for what only happens once
-                times.append(end - start)
-            if made >= _WARMUP_MIN_CALLS and end > deadline:
-                return
+        run = runners[ident, index] = factory()
+        begin = clock()
+        first = run(Budget(calls=1))  # the first call pays for what only happens once
+        # ... and at least one more, then up to the warm-up's calls or its time.
+        left = max(0.0, budget_s - (clock() - begin))
+        times.extend(run(Budget(seconds=left, calls=_WARMUP_CALLS - len(first))))
 
     errors = callers.run(job)
     if errors:
         cell.fail("error", _error_text(errors[0]))
         return 0.0
-    return statistics.median(times)
+    return statistics.median(times) / 1e9
 
 
-def _batch(cell: Cell, round_index: int, callers: _Callers, calls: _Calls, budget: Budget) -> None:
+def _batch(
+    cell: Cell, round_index: int, callers: _Callers, runners: _Runners, budget: Budget
+) -> None:
     """Every caller thread calls for the budget's seconds (or number of calls); the
     per-call times and the batch's wall-clock time are added to *cell*."""
     ident = id(cell)
@@ -284,24 +278,8 @@ def _batch(cell: Cell, round_index: int, callers: _Callers, calls: _Calls, budge
     clock = time.perf_counter_ns
 
     def job(index: int) -> None:
-        call, times = calls[ident, index], per_thread[index]
         begin = clock()
-        if budget.calls is not None:
-            for _ in range(budget.calls):
-                start = clock()
-                call()
-                times.append(clock() - start)
-        else:
-            assert budget.seconds is not None
-            deadline = begin + int(budget.seconds * 1e9)
-            while True:
-                start = clock()
-                call()
-                end = clock()
-                times.append(end - start)
-                # Stop when the next call would overshoot more than it would fall short.
-                if deadline - end < (end - start) // 2:
-                    break
+        per_thread[index] = runners[ident, index](budget)
         spans.append((begin, clock()))
 
     errors = callers.run(job)
@@ -320,14 +298,18 @@ _Schedule = dict[int, dict[int, int]]
 
 
 def _warm_up_all(
-    live: list[Cell], settings: BenchSettings, callers: _Callers, calls: _Calls, progress: Progress
+    live: list[Cell],
+    settings: BenchSettings,
+    callers: _Callers,
+    runners: _Runners,
+    progress: Progress,
 ) -> _Schedule:
     """Warm every cell up, then give it its batches: as many rounds as its calls allow."""
     schedule: _Schedule = {}
     upper = len(live) * settings.rounds
     for index, cell in enumerate(live, 1):
         progress(0, upper, f"warming up {index}/{len(live)}: {cell.workload.name}, {cell.label}")
-        call_s = _warm_up(cell, callers, calls, warm_up_budget(settings))
+        call_s = _warm_up(cell, callers, runners, warm_up_budget(settings))
         if cell.status != "ok":
             continue
         rounds = batch_rounds(settings, call_s)
@@ -340,7 +322,7 @@ def _run_rounds(
     live: list[Cell],
     settings: BenchSettings,
     callers: _Callers,
-    calls: _Calls,
+    runners: _Runners,
     schedule: _Schedule,
     progress: Progress,
 ) -> None:
@@ -357,7 +339,7 @@ def _run_rounds(
             step += 1
             budget = next_budget(settings, cell, batches[id(cell)])
             if cell.status == "ok" and budget is not None:  # a failed batch ends its cell
-                _batch(cell, round_index, callers, calls, budget)
+                _batch(cell, round_index, callers, runners, budget)
     progress(total, total, "done")
 
 
@@ -373,10 +355,10 @@ def run_bench(
         _prepare(result, stack)
         live = [c for c in result.cells if c.status == "ok"]
         announce(len(live), expected_seconds(settings, len(live)))
-        # Entered last, so left first: the callers stop before the runners close.
+        # Entered last, so left first: the callers stop before the contenders close.
         callers = stack.enter_context(_Callers(settings.threads))
-        calls: _Calls = {}
-        schedule = _warm_up_all(live, settings, callers, calls, progress)
-        _run_rounds(live, settings, callers, calls, schedule, progress)
+        runners: _Runners = {}
+        schedule = _warm_up_all(live, settings, callers, runners, progress)
+        _run_rounds(live, settings, callers, runners, schedule, progress)
     result.wall_s = time.perf_counter() - started
     return result

@@ -12,11 +12,11 @@ import asyncio
 import contextlib
 import functools
 import importlib
-import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final
 
 from ._contenders import AsyncFn, Contender, Prepared, ToSync
+from ._hosts import loop_per_thread, start_loop_thread, start_trio_thread
 
 __all__ = ["BASELINE", "PEERS"]
 
@@ -94,35 +94,12 @@ def _anyio_portal(backend: str, options: dict[str, Any]) -> Setup:
     return setup
 
 
-def _new_loop(library: str) -> asyncio.AbstractEventLoop:
-    if library == "uvloop":
-        import uvloop
-
-        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-        return loop
-    return asyncio.new_event_loop()
-
-
 def _loop_per_thread(library: str) -> Setup:
     """The recipe of keeping one event loop per thread and calling its
     ``run_until_complete``: about the least a thread-scope call can cost on *library*."""
 
     def setup(stack: contextlib.ExitStack[Any]) -> Prepared:
-        local = threading.local()
-        made: list[asyncio.AbstractEventLoop] = []
-
-        @stack.callback
-        def close_loops() -> None:
-            for loop in made:
-                loop.close()
-
-        def loop_of_thread() -> asyncio.AbstractEventLoop:
-            loop: asyncio.AbstractEventLoop | None = getattr(local, "loop", None)
-            if loop is None:
-                loop = local.loop = _new_loop(library)
-                made.append(loop)
-            return loop
-
+        loop_of_thread = loop_per_thread(stack, library)
         return _replacing_async_to_sync(
             _takes_coroutine(lambda coro: loop_of_thread().run_until_complete(coro))
         )
@@ -135,16 +112,7 @@ def _loop_thread(library: str) -> Setup:
     about the least a process-scope call can cost on *library*."""
 
     def setup(stack: contextlib.ExitStack[Any]) -> Prepared:
-        loop = _new_loop(library)
-        thread = threading.Thread(target=loop.run_forever, name=f"bench-{library}-loop")
-        thread.start()
-
-        @stack.callback
-        def stop() -> None:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join()
-            loop.close()
-
+        loop = start_loop_thread(stack, library)
         return _replacing_async_to_sync(
             _takes_coroutine(lambda coro: asyncio.run_coroutine_threadsafe(coro, loop).result())
         )
@@ -157,25 +125,7 @@ def _trio_thread(stack: contextlib.ExitStack[Any]) -> Prepared:
     ``trio.from_thread.run`` with its token."""
     import trio
 
-    started = threading.Event()
-    handles: dict[str, Any] = {}
-
-    async def serve() -> None:
-        handles["token"] = trio.lowlevel.current_trio_token()
-        handles["stop"] = stop = trio.Event()
-        started.set()
-        await stop.wait()
-
-    thread = threading.Thread(target=trio.run, args=(serve,), name="bench-trio-loop")
-    thread.start()
-    started.wait()
-    token = handles["token"]
-
-    @stack.callback
-    def stop() -> None:
-        trio.from_thread.run_sync(handles["stop"].set, trio_token=token)
-        thread.join()
-
+    token = start_trio_thread(stack)
     return _replacing_async_to_sync(
         _runs_with(functools.partial(trio.from_thread.run, trio_token=token))
     )

@@ -9,7 +9,9 @@ from collections.abc import Sequence
 import loopshim
 
 from .._info import importable, pip_install_line
-from ._contenders import Contender, loopshim_contender
+from ._async_peers import ASYNC_PEERS
+from ._contenders import Contender, cross_loop_contender, loopshim_contender
+from ._hosts import HOSTS
 from ._internals import backend_library
 from ._peers import BASELINE, PEERS
 from ._results import BenchResult, BenchSettings, Cell
@@ -19,10 +21,16 @@ __all__ = ["contenders_for", "needs", "plan", "requirements"]
 
 
 def contenders_for(backends: Sequence[str], scopes: Sequence[str], peers: bool) -> list[Contender]:
-    """loopshim's runners for *backends* x *scopes*, then the peers (or only the
-    baseline, which the speed-ups need, when *peers* is false)."""
+    """loopshim's runners for *backends* x *scopes* — as they are, with
+    ``reentrant=True``, and awaited from each host loop (process scope) — then the
+    peers (or, when *peers* is false, only what the other rows are compared with:
+    Flask's default and awaiting directly)."""
     found = [loopshim_contender(b, s) for b in backends for s in scopes]
+    found += [loopshim_contender(b, s, reentrant=True) for b in backends for s in scopes]
+    if "process" in scopes:
+        found += [cross_loop_contender(b, host) for b in backends for host in HOSTS]
     found.extend(PEERS if peers else PEERS[:1])
+    found.extend(ASYNC_PEERS if peers else ASYNC_PEERS[:1])
     return found
 
 
@@ -38,7 +46,13 @@ def requirements(workload: Workload, contender: Contender) -> tuple[str, ...]:
 
 
 def _takes_part(workload: Workload, contender: Contender) -> bool:
-    """Where no async code runs, only loopshim's rows and the plain app take part."""
+    """A contender that names its workloads takes part in those; the others in every
+    workload whose calls come from sync code, except that where no async code runs, only
+    loopshim's rows and the plain app take part."""
+    if contender.workloads is not None:
+        return workload.name in contender.workloads
+    if not workload.from_sync:
+        return False
     return workload.uses_async or contender.kind == "loopshim" or contender.key == BASELINE
 
 

@@ -38,8 +38,14 @@ _MARGIN: Final = 1.25
 _DPI: Final = 120
 
 
-def _colour(cell: Cell) -> str:
-    return _COLOURS["baseline"] if cell.is_baseline else _COLOURS[cell.contender.kind]
+def _reference(result: BenchResult, name: str) -> Cell | None:
+    """The one row every row of *name* is compared with, if there is one."""
+    common = comparison_of(WORKLOADS[name]).common
+    return None if common is None else result.measured_cell(name, common)
+
+
+def _colour(cell: Cell, reference: Cell | None) -> str:
+    return _COLOURS["baseline"] if cell is reference else _COLOURS[cell.contender.kind]
 
 
 def tick_text(seconds: float) -> str:
@@ -82,8 +88,8 @@ def _time_axis(ax: Axes, result: BenchResult, name: str, cells: list[Cell]) -> N
     p95s = [c.p95_s for c in cells]
     ax.hlines(rows, medians, p95s, color="#b0b0b0", linewidth=1.2, zorder=2)
     ax.scatter(p95s, rows, marker="|", s=70, color="#303030", linewidths=1.2, zorder=3)
-    ax.scatter(medians, rows, s=36, color=[_colour(c) for c in cells], zorder=4)
-    base = result.baseline(name)
+    base = _reference(result, name)
+    ax.scatter(medians, rows, s=36, color=[_colour(c, base) for c in cells], zorder=4)
     if base is not None:
         ax.axvline(base.median_s, color=_COLOURS["baseline"], linestyle="--", linewidth=0.8)
     low, high = min(medians) / _MARGIN, max(p95s) * _MARGIN
@@ -96,7 +102,7 @@ def _time_axis(ax: Axes, result: BenchResult, name: str, cells: list[Cell]) -> N
     ax.tick_params(axis="x", labelsize=_FONT - 1)
     ax.set_yticks(list(rows), [c.label for c in cells], fontsize=_FONT)
     for label, cell in zip(ax.get_yticklabels(), cells, strict=True):
-        label.set_color(_colour(cell))
+        label.set_color(_colour(cell, base))
     ax.get_yticklabels()[0].set_fontweight("bold")
     ax.set_xlabel("time per call, log scale (● median, | p95)", fontsize=_FONT - 1)
     ax.set_title(f"{name}: {WORKLOADS[name].description}", fontsize=_FONT + 1, loc="left")
@@ -132,7 +138,11 @@ def _legend(figure: Figure) -> None:
     handles = [
         dot(_COLOURS["loopshim"], "loopshim"),
         dot(_COLOURS["peer"], "peers and hand-written recipes"),
-        dot(_COLOURS["baseline"], "baseline (Flask's default; a plain app for sync views)"),
+        dot(
+            _COLOURS["baseline"],
+            "baseline (Flask's default; a plain app for sync views; "
+            "awaiting directly for re-entrant calls)",
+        ),
         Line2D([], [], marker="|", linestyle="", color="#303030", label="p95", markersize=9),
     ]
     figure.legend(handles=handles, loc="outside lower center", ncols=4, fontsize=_FONT)

@@ -10,14 +10,26 @@ from typing import Final, Literal
 
 from ._contenders import Contender
 from ._peers import BASELINE
-from ._workloads import CallFactory, Workload
+from ._timing import BatchFactory
+from ._workloads import Workload
 
 __all__ = ["LIBRARIES", "PLAIN_FLASK", "BenchResult", "BenchSettings", "Cell", "Status"]
 
 Status = Literal["ok", "not installed", "error"]
 
 #: The distributions whose versions a run records.
-LIBRARIES: Final = ("loopshim", "flask", "werkzeug", "asgiref", "anyio", "trio", "uvloop")
+LIBRARIES: Final = (
+    "loopshim",
+    "flask",
+    "werkzeug",
+    "asgiref",
+    "anyio",
+    "trio",
+    "uvloop",
+    "greenlet",
+    "greenback",
+    "nest_asyncio",
+)
 
 #: The baseline's label where no async code runs: a plain Flask app.
 PLAIN_FLASK: Final = "plain Flask app (no LoopShim)"
@@ -51,7 +63,7 @@ class Cell:
     times_ns: list[int] = field(default_factory=list)
     #: One (round, calls, wall-clock nanoseconds) per batch.
     batches: list[tuple[int, int, int]] = field(default_factory=list)
-    factory: CallFactory | None = field(default=None, repr=False)
+    factory: BatchFactory | None = field(default=None, repr=False)
 
     @property
     def label(self) -> str:

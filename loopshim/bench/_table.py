@@ -7,7 +7,8 @@ from collections import Counter
 from typing import Final
 
 from .._info import describe_machine, library_versions
-from ._format import ASYNC, SYNC, comparison_of, format_seconds
+from ._format import ASYNC, LABELS, comparison_of, format_seconds
+from ._peers import BASELINE
 from ._results import LIBRARIES, BenchResult, BenchSettings, Cell
 from ._targets import Target
 from ._workloads import WORKLOADS, Workload
@@ -80,8 +81,8 @@ def format_table(result: BenchResult, targets: list[Target]) -> str:
     lines = [f"{describe_machine()}; {versions}"]
     lines.append("median and p95 are per call; calls/s counts every caller thread")
     lines.append(ASYNC.legend)
-    if any(not WORKLOADS[name].uses_async for name in result.settings.workloads):
-        lines.append(f"{SYNC.legend}, for the workloads that run no async code")
+    comparisons = dict.fromkeys(comparison_of(WORKLOADS[n]) for n in result.settings.workloads)
+    lines.extend(f"{c.legend}, for {c.applies_to}" for c in comparisons if c is not ASYNC)
     width = max([len(c.label) for c in result.cells] + [len("contender")])
     for name in result.settings.workloads:
         workload = WORKLOADS[name]
@@ -89,13 +90,16 @@ def format_table(result: BenchResult, targets: list[Target]) -> str:
         if name in result.skipped:
             lines.append(f"  not run: {result.skipped[name]}")
             continue
-        heading = comparison_of(workload).heading
+        comparison = comparison_of(workload)
+        heading = comparison.heading
         lines.append(
             f"  {'contender':{width}}  {'median':>10}  {'p95':>10}  {'calls/s':>10}  {heading:>10}"
         )
         lines.extend(_row(result, cell, width) for cell in sorted_cells(result.cells_of(name)))
-        if result.baseline(name) is None:
-            lines.append(f"  (no {heading}: the baseline was not measured)")
+        common = comparison.common
+        if common is not None and result.measured_cell(name, common) is None:
+            what = "the baseline" if common == BASELINE else LABELS.get(common, common)
+            lines.append(f"  (no {heading}: {what} was not measured)")
     if targets:
         lines += ["", "loopshim's performance targets, as ratios measured in this run:"]
         lines.extend(_target_line(t) for t in targets)

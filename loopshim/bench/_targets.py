@@ -1,11 +1,12 @@
-"""loopshim's performance targets (DESIGN.md, "Performance targets"), each a ratio to
-something measured in the same run — a peer, or the floor: the hand-written recipe that
-does the least a scope's call must do on the same backend. Absolute times mean nothing
-on a shared 2-vCPU machine; ratios within one interleaved run do, which makes
-``--check`` usable as a gate there.
+"""loopshim's performance targets (DESIGN.md, "Performance targets", and issue 13's
+for calls from async code), each a ratio to something measured in the same run — a
+peer, or the floor: the hand-written recipe that does the least a scope's call must do
+on the same backend. Absolute times mean nothing on a shared 2-vCPU machine; ratios
+within one interleaved run do, which makes ``--check`` usable as a gate there.
 
 The per-backend figures and the recipe each backend is held to live here, and nowhere
-else: :data:`FLOORS`.
+else: :data:`FLOORS`; a re-entrant call is held to awaiting the function directly, and
+``run_async`` to the recipe written by hand for the same pair of loops.
 """
 
 from __future__ import annotations
@@ -14,14 +15,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from ._format import format_seconds, format_speedup
-from ._peers import BASELINE, PEERS
+from ._async_peers import FLOOR, by_hand_key
+from ._format import LABELS, format_seconds, format_speedup
+from ._hosts import HOSTS
+from ._peers import BASELINE
 from ._results import BenchResult, Cell
 
 __all__ = ["FLOORS", "Floors", "Rule", "Target", "check_targets", "rules_for"]
 
 #: The longest a fan-out of 100 concurrent 10 ms sleeps may take, in seconds.
 FANOUT_LIMIT_S: Final = 0.020
+#: A re-entrant call may cost REENTRANT_TIMES the time of awaiting the function
+#: directly, plus REENTRANT_PLUS_S seconds.
+REENTRANT_TIMES: Final = 2.0
+REENTRANT_PLUS_S: Final = 5e-6
 
 
 @dataclass(frozen=True)
@@ -64,12 +71,15 @@ class Rule:
     contender: str
     reference: str | None
     #: speed-up: reference's median / contender's median >= limit;
-    #: cost: contender's median / reference's median <= limit;
+    #: cost: contender's median / reference's median <= limit (contender's median <=
+    #: limit x reference's median + allowance_s, with an allowance);
     #: time: contender's median <= limit seconds.
     kind: Kind
     limit: float
     #: What the contender must do, with {ref} for the reference's label.
     claim: str
+    #: For a cost: seconds the contender may take beyond limit x the reference's median.
+    allowance_s: float = 0.0
 
     def ratio(self, cell: Cell, reference: Cell | None) -> float:
         """The figure this rule compares with its limit (see *kind*)."""
@@ -80,9 +90,19 @@ class Rule:
             return reference.median_s / cell.median_s
         return cell.median_s / reference.median_s
 
-    def met(self, ratio: float) -> bool:
-        """Whether *ratio* meets the limit (which counts as met)."""
-        return ratio >= self.limit if self.kind == "speed-up" else ratio <= self.limit
+    def bound_s(self, reference: Cell) -> float:
+        """For a cost: the longest the contender's median may be, in seconds."""
+        return self.limit * reference.median_s + self.allowance_s
+
+    def met(self, cell: Cell, reference: Cell | None) -> bool:
+        """Whether *cell* meets the rule (the limit itself counts as met)."""
+        ratio = self.ratio(cell, reference)
+        if self.kind == "speed-up":
+            return ratio >= self.limit
+        if self.kind == "cost" and self.allowance_s:
+            assert reference is not None
+            return cell.median_s <= self.bound_s(reference)
+        return ratio <= self.limit
 
 
 @dataclass(frozen=True)
@@ -100,6 +120,8 @@ class Target:
     status: Status
     #: The ratio as shown, or why the target was not checked.
     measured: str
+    #: For a cost: seconds allowed beyond limit x the reference's median.
+    allowance_s: float = 0.0
 
 
 # --- the rules --------------------------------------------------------------------
@@ -151,6 +173,34 @@ def _flask_rules(backend: str, floors: Floors) -> list[Rule]:
     return rules
 
 
+def _reentrant_rules(backend: str) -> list[Rule]:
+    """A re-entrant call costs at most 2x awaiting the function directly, plus 5 µs."""
+    claim = f"≤ {REENTRANT_TIMES:g}x the time of {{ref}} + {format_seconds(REENTRANT_PLUS_S)}"
+    return [
+        Rule(
+            "reentrant",
+            f"{_shim(backend, scope)}-reentrant",
+            FLOOR,
+            "cost",
+            REENTRANT_TIMES,
+            claim,
+            REENTRANT_PLUS_S,
+        )
+        for scope in ("process", "thread", "call")
+    ]
+
+
+def _cross_loop_rules(backend: str) -> list[Rule]:
+    """``run_async`` is no slower than the recipe written by hand for the same pair of
+    loops."""
+    return [
+        _at_most(1)(
+            "cross-loop", f"{_shim(backend, 'process')}-from-{host}", by_hand_key(host, backend)
+        )
+        for host in HOSTS
+    ]
+
+
 def _fanout_rules(backend: str) -> list[Rule]:
     claim = f"answers in ≤ {FANOUT_LIMIT_S * 1e3:g} ms"
     return [
@@ -166,21 +216,29 @@ def rules_for(backends: tuple[str, ...]) -> list[Rule]:
         [r for b in known for r in _per_call_rules(b, FLOORS[b])]
         + [r for b in known for r in _flask_rules(b, FLOORS[b])]
         + [r for b in known for r in _fanout_rules(b)]
+        + [r for b in known for r in _reentrant_rules(b)]
+        + [r for b in known for r in _cross_loop_rules(b)]
     )
 
 
 # --- checking ---------------------------------------------------------------------
 
-_PEER_LABELS: Final = {peer.key: peer.label for peer in PEERS}
-
 
 def _text(rule: Rule, cell: Cell) -> str:
-    reference = _PEER_LABELS.get(rule.reference or "", rule.reference or "")
+    reference = LABELS.get(rule.reference or "", rule.reference or "")
     return f"{rule.workload}: {cell.label} {rule.claim.format(ref=reference)}"
 
 
-def _shown(rule: Rule, ratio: float) -> str:
-    return format_seconds(ratio) if rule.kind == "time" else format_speedup(ratio)
+def _shown(rule: Rule, cell: Cell, reference: Cell | None) -> str:
+    ratio = rule.ratio(cell, reference)
+    if rule.kind == "time":
+        return format_seconds(ratio)
+    if rule.allowance_s and reference is not None:
+        return (
+            f"{format_speedup(ratio)} ({format_seconds(cell.median_s)}; "
+            f"at most {format_seconds(rule.bound_s(reference))})"
+        )
+    return format_speedup(ratio)
 
 
 def _check(rule: Rule, result: BenchResult) -> Target | None:
@@ -200,13 +258,17 @@ def _check(rule: Rule, result: BenchResult) -> Target | None:
         rule.kind,
         rule.limit,
     )
+    allowance = rule.allowance_s
     if not cell.measured:
-        return Target(*fields, None, "not checked", f"not checked ({cell.label} not measured)")
+        why = f"not checked ({cell.label} not measured)"
+        return Target(*fields, None, "not checked", why, allowance)
     if rule.reference is not None and reference is None:
-        label = _PEER_LABELS.get(rule.reference, rule.reference)
-        return Target(*fields, None, "not checked", f"not checked ({label} not measured)")
+        label = LABELS.get(rule.reference, rule.reference)
+        why = f"not checked ({label} not measured)"
+        return Target(*fields, None, "not checked", why, allowance)
+    status: Status = "pass" if rule.met(cell, reference) else "fail"
     ratio = rule.ratio(cell, reference)
-    return Target(*fields, ratio, "pass" if rule.met(ratio) else "fail", _shown(rule, ratio))
+    return Target(*fields, ratio, status, _shown(rule, cell, reference), allowance)
 
 
 def check_targets(result: BenchResult, rules: list[Rule] | None = None) -> list[Target]:
