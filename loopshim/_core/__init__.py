@@ -5,6 +5,7 @@ directly."""
 
 from __future__ import annotations
 
+from ._activity import LoopActivity
 from ._backend import (
     CANCEL_GRACE,
     CLEANUP_GRACE,
@@ -78,6 +79,7 @@ __all__ = [
     "Job",
     "JobSet",
     "Library",
+    "LoopActivity",
     "LoopLocal",
     "LoopRunner",
     "LoopState",
