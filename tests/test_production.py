@@ -55,7 +55,7 @@ def test_blocked_loop_is_reported_by_name_and_recovers(
     runner.close()
     assert others == [None]  # the other call recovered once the blocker returned
     report = caplog.text
-    assert "loop has been blocked for more than 0.10 s by " in report
+    assert "loop has been blocked for more than 0.1 s by " in report
     assert "slow_coroutine_that_blocks.<locals>.blocking_view" in report
     assert "test_production.py" in report
     assert "time.sleep(seconds)  # the mistake being caught" in report

@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import BackendCase
+from conftest import BACKENDS, BackendCase
 
 import loopshim
 from loopshim.pytest_plugin import LoopRunnerFactory
@@ -599,3 +599,48 @@ def test_a_trio_program_uses_asyncpg_and_redis_through_an_asyncio_runner(
     assert trio.run(main) == (1, b"trio", 2)
     assert cancelled == ["query cancelled"]
     runner.close()
+
+
+#: loopshim's own backends (a third-party backend lends no workers unless it says how),
+#: each with the worker pools its loop has.
+_POOLS = [
+    pytest.param(*case.values, pool, id=f"{case.id}-{pool}", marks=case.marks)
+    for case in BACKENDS
+    if case.id != "third-party"
+    for pool in ("anyio", "asyncio")
+    if pool == "anyio" or case.values[0].name != "trio"
+]
+
+
+@pytest.mark.parametrize(("loop_backend", "pool"), _POOLS)
+@pytest.mark.loopshim_scopes("process")
+@pytest.mark.timeout(60)
+def test_calls_from_the_loops_own_worker_threads_outnumbering_them(
+    loop_backend: BackendCase, loop_runner_factory: LoopRunnerFactory, pool: str
+) -> None:
+    # A coroutine hands a blocking call to a worker thread, which calls the runner
+    # again, whose coroutine needs a worker thread too: with more such calls than
+    # workers (asyncio's default executor has min(32, CPUs + 4), anyio's and trio's
+    # limiter 40), every worker would wait for a call that waits for a worker.
+    to_thread: Any = asyncio.to_thread if pool == "asyncio" else anyio.to_thread.run_sync
+    runner = loop_runner_factory()
+    callers = 60
+
+    async def inner(n: int) -> int:
+        return await to_thread(lambda: n * 2)
+
+    async def outer(n: int) -> int:
+        return await to_thread(runner.run, inner, n)
+
+    async def all_of_them() -> list[int]:
+        results = [0] * callers
+
+        async def one(n: int) -> None:
+            results[n] = await outer(n)
+
+        async with anyio.create_task_group() as group:
+            for n in range(callers):
+                group.start_soon(one, n)
+        return results
+
+    assert runner.run(all_of_them) == [n * 2 for n in range(callers)]

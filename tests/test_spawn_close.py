@@ -490,14 +490,14 @@ def test_the_default_executor_works_and_is_stopped_at_close(
         assert not worker.is_alive(), worker
 
 
-def test_uvloop_executor_is_set_up_at_its_first_job_only() -> None:
-    from loopshim.backends._asyncio import _LazyExecutor
+def test_a_loops_executor_is_set_up_at_its_first_job_only() -> None:
+    from loopshim.backends._asyncio import _LoopExecutor
 
-    unused = _LazyExecutor()
+    unused = _LoopExecutor()
     unused.shutdown()
     with pytest.raises(RuntimeError, match="after shutdown"):
         unused.submit(int)
-    used = _LazyExecutor()
+    used = _LoopExecutor()
     assert used.submit(int, "7").result(5) == 7
     (worker,) = used._threads
     used.shut_down_within(5)

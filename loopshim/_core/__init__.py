@@ -5,6 +5,7 @@ directly."""
 
 from __future__ import annotations
 
+from ._activity import LoopActivity
 from ._backend import (
     CANCEL_GRACE,
     CLEANUP_GRACE,
@@ -42,6 +43,7 @@ from ._job import (
     copy_back,
     describe_callable,
     handled_exception,
+    job_of,
     log_cancelled_at_close,
 )
 from ._log import logger
@@ -80,6 +82,7 @@ __all__ = [
     "Job",
     "JobSet",
     "Library",
+    "LoopActivity",
     "LoopLocal",
     "LoopRunner",
     "LoopState",
@@ -107,6 +110,7 @@ __all__ = [
     "handled_exception",
     "is_async_callable",
     "is_plain_async_def",
+    "job_of",
     "known_backends",
     "libraries",
     "library",

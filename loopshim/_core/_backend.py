@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Final, Protocol
 from .._errors import ArgumentError, BackendNotFound, LoopError, RunnerClosed
 from .._options import CommonOptions, Validator
 from . import _gevent
+from ._activity import LoopActivity
 from ._job import Job
 from ._log import logger
 from ._watchdog import BlockWatchdog
@@ -167,6 +168,22 @@ class Library(abc.ABC):
         warning skips their frames to name the user's coroutine)."""
         return ()
 
+    def watch_loop(self, activity: LoopActivity) -> None:
+        """Hook *activity* into the running loop for the blocked-loop watchdog
+        (``block_warning``). Called once, on the loop thread, from a callback.
+
+        Report the loop's waits for events if that is cheap
+        (:meth:`LoopActivity.wrap_wait` around its ``select``, or the pair of hooks of
+        :meth:`LoopActivity.waits`), or only its wakes (:meth:`LoopActivity.wakes`), or
+        have a timer on the loop beat (:meth:`LoopActivity.beats`). The default does
+        none of these: the watchdog then probes the loop through
+        :meth:`LoopThread.call_soon`, a thread hop each, which places a block's start
+        less exactly.
+
+        .. versionadded:: 0.1
+        """
+        return  # no hook: the watchdog probes the loop
+
 
 #: The libraries loopshim knows, asked in order which one runs in a thread.
 libraries: list[Library] = []
@@ -272,10 +289,12 @@ class LoopThread(abc.ABC):
             ) from self.startup_error
         threshold = self.options.block_warning
         if threshold is not None:
-            # The backend's own module is machinery too, wherever it lives.
-            own = machinery_of(sys.modules[type(self.backend).__module__])
+            # The backend's own modules are machinery too, wherever they live: those of
+            # its classes and of its loop thread's (and of the classes they derive from).
+            classes = type(self.backend).__mro__ + type(self).__mro__
+            own = machinery_of(*{sys.modules.get(c.__module__) for c in classes} - {None})
             machinery = self.backend.library.machinery() + own
-            self._watchdog = BlockWatchdog(self, threshold, machinery)
+            self._watchdog = BlockWatchdog(self, threshold, machinery, self.backend.library)
             self._watchdog.start()
 
     @property
@@ -341,6 +360,17 @@ class LoopThread(abc.ABC):
                 self._thread.name,
                 grace + SHUTDOWN_OVERHEAD,
             )
+
+    def lend_worker(self) -> Callable[[], None] | None:
+        """Called by a thread about to wait for a call on this loop: if it is one of the
+        loop's worker threads (``to_thread``, the default executor), let its pool run
+        one more worker while it waits, and return what takes that place back; else
+        ``None`` (the default). Without it, more such callers than workers wait forever
+        for calls that wait for a worker.
+
+        .. versionadded:: 0.1
+        """
+        return None
 
     @abc.abstractmethod
     def serve(self) -> None:

@@ -14,6 +14,7 @@ Nothing here imports gevent: it only looks at ``sys.modules``.
 
 from __future__ import annotations
 
+import _thread
 import sys
 import threading
 from collections.abc import Callable
@@ -129,6 +130,14 @@ def new_thread(target: Callable[[], None], name: str) -> threading.Thread | Nati
     if threading_patched():
         return NativeThread(target, name)
     return threading.Thread(target=target, name=name, daemon=True)
+
+
+def native_lock() -> _thread.LockType:
+    """A lock of the OS's (``_thread.allocate_lock()``), even where gevent patched it."""
+    if threading_patched():
+        lock: _thread.LockType = _original("_thread", "allocate_lock")()
+        return lock
+    return _thread.allocate_lock()
 
 
 def new_event() -> threading.Event | NativeLatch:

@@ -28,6 +28,7 @@ __all__ = [
     "copy_back",
     "describe_callable",
     "handled_exception",
+    "job_of",
     "log_cancelled_at_close",
 ]
 
@@ -223,6 +224,15 @@ else:
     def handled_exception() -> BaseException | None:
         """The exception being handled in this thread, as ``sys.exception()``."""
         return sys.exc_info()[1]
+
+
+def job_of(coro: object) -> Job[Any] | None:
+    """The job a backend's wrapper coroutine (or a trio task's) runs, read from its
+    ``job`` argument; ``None`` for any other coroutine. For debug reports only: it
+    looks into the coroutine's frame."""
+    frame = getattr(coro, "cr_frame", None)
+    job = frame.f_locals.get("job") if frame is not None else None
+    return job if isinstance(job, Job) else None
 
 
 def describe_callable(fn: object) -> str:

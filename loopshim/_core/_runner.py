@@ -10,6 +10,8 @@ import functools
 import sys
 import threading
 from collections.abc import Awaitable, Callable
+from inspect import CO_COROUTINE as _CO_COROUTINE
+from types import FunctionType as _FUNCTION
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar
 
@@ -66,7 +68,9 @@ class Runner:
 
         .. versionadded:: 0.1
         """
-        check_async_callable(async_fn, "run")
+        # A plain async def passes the check without a call (this is every call's path).
+        if type(async_fn) is not _FUNCTION or not async_fn.__code__.co_flags & _CO_COROUTINE:
+            check_async_callable(async_fn, "run")
         return self._scope.call(async_fn, *args, **kwargs)  # type: ignore[no-any-return]
 
     async def run_async(

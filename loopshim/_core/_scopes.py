@@ -34,6 +34,9 @@ __all__ = [
 
 #: How often a caller waiting on a loop thread checks that the thread is still alive.
 _LIVENESS_POLL: Final = 1.0
+#: How long a call waits before its thread, if it is one of the loop's worker threads,
+#: lends its place in the pool (most calls are over by then).
+_LEND_AFTER: Final = 0.05
 
 
 class Bridged:
@@ -240,7 +243,11 @@ class ProcessScope(RunnerScope):
     def _wait(self, job: Job[Any], thread: LoopThread) -> None:
         lock = job.lock
         assert lock is not None
+        take_back = None
         try:
+            if lock.acquire(timeout=_LEND_AFTER):
+                return
+            take_back = thread.lend_worker()
             while not lock.acquire(timeout=_LIVENESS_POLL):
                 if not thread.alive:
                     raise RunnerClosed(
@@ -256,6 +263,9 @@ class ProcessScope(RunnerScope):
                     if not thread.alive:
                         break
             raise
+        finally:
+            if take_back is not None:
+                take_back()
 
     def on_own_loop(self) -> bool:
         thread = self._thread

@@ -27,6 +27,7 @@ from .._core import (
     LoopState,
     LoopThread,
     close_own_work,
+    job_of,
     logger,
     native_selector,
     threading_patched,
@@ -179,21 +180,28 @@ async def _finalize(name: str, state: LoopState, grace: float, jobs: JobSet | No
     if not await ASYNCIO.within(CANCEL_GRACE, loop.shutdown_asyncgens):
         logger.warning("closing the async generators of the %s loop timed out", name)
     await _cancel_the_rest(name)
+    # Bounded: a worker thread stuck in blocking code must not hang close() (or a
+    # call-scope call, whose TimeoutError waits for its loop to close).
     executor = _own_executors.pop(id(loop), None)
     if executor is not None:
         executor.shut_down_within(CANCEL_GRACE)
-    elif sys.version_info >= (3, 12):
-        # Bounded: a worker thread stuck in blocking code must not hang close() (or a
-        # call-scope call, whose TimeoutError waits for its loop to close). Before 3.12
-        # the wait cannot be bounded: cancelling it still joins the thread.
-        await loop.shutdown_default_executor(CANCEL_GRACE)
-    else:
-        await loop.shutdown_default_executor()
 
 
-class _LazyExecutor(concurrent.futures.ThreadPoolExecutor):
-    """A uvloop loop's default executor, set up at its first job: most loops never use
-    one, and setting up a thread pool costs a fifth of a whole call-scope call."""
+#: Marks the threads of loopshim's executors: ``pool`` is the executor a thread serves.
+_pool_threads = threading.local()
+
+
+class _LoopExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The default executor of loopshim's asyncio and uvloop loops (what
+    ``asyncio.to_thread`` and ``run_in_executor(None, ...)`` use).
+
+    Set up at its first job: most loops never use one, and setting up a thread pool
+    costs a fifth of a whole call-scope call. Stopped without waiting for its threads
+    beyond a bound (uvloop's ``shutdown_default_executor`` waits whatever the timeout,
+    asyncio's before 3.12 too). And a worker that blocks on a call to the loop that owns
+    the pool lends the pool its place (:meth:`lend_worker`): else, with more such
+    callers than workers, every worker waits for a call that waits for a worker.
+    """
 
     def __init__(self) -> None:  # the pool's own set-up waits for the first job
         self._setup_lock = threading.Lock()
@@ -205,9 +213,30 @@ class _LazyExecutor(concurrent.futures.ThreadPoolExecutor):
                 if self._stage == "closed":
                     raise RunnerClosed("cannot schedule new futures after shutdown")
                 if self._stage == "idle":
-                    super().__init__(thread_name_prefix="loopshim-executor")
+                    super().__init__(thread_name_prefix="loopshim-executor", initializer=self._mark)
                     self._stage = "running"
         return super().submit(fn, *args, **kwargs)
+
+    def _mark(self) -> None:
+        _pool_threads.pool = self
+
+    def lend_worker(self) -> Callable[[], None] | None:
+        """If the calling thread is one of this pool's, let the pool run one more worker
+        while it waits; return what takes that place back (else ``None``)."""
+        if getattr(_pool_threads, "pool", None) is not self:
+            return None
+        with self._shutdown_lock:
+            if self._shutdown:
+                return None
+            self._max_workers += 1
+            if not self._work_queue.empty():
+                self._adjust_thread_count()  # no idle worker left: start one
+        take_back: Callable[[], None] = self._take_back
+        return take_back
+
+    def _take_back(self) -> None:
+        with self._shutdown_lock:
+            self._max_workers -= 1
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._setup_lock:
@@ -226,10 +255,37 @@ class _LazyExecutor(concurrent.futures.ThreadPoolExecutor):
             thread.join(max(0.0, deadline - time.monotonic()))
 
 
-#: uvloop's ``shutdown_default_executor`` waits for its threads whatever the timeout, so
-#: uvloop loops get a default executor loopshim can stop without waiting (by ``id``
-#: of the loop; removed when the loop is finalized).
-_own_executors: dict[int, _LazyExecutor] = {}
+#: The default executors of loopshim's loops, by ``id`` of the loop (removed when the
+#: loop closes). An executor the program sets itself is the program's to shut down.
+_own_executors: dict[int, _LoopExecutor] = {}
+
+
+def _is_anyio_worker_of(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether the calling thread is one of anyio's worker threads for *loop*."""
+    anyio_asyncio = sys.modules.get("anyio._backends._asyncio")
+    worker_class = getattr(anyio_asyncio, "WorkerThread", None)
+    thread = threading.current_thread()
+    return worker_class is not None and isinstance(thread, worker_class) and thread.loop is loop
+
+
+def _lend_anyio_token(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+    """Raise anyio's default thread limiter on *loop* by one token; return what lowers
+    it again. (The limiter lives on the loop; sniffio must see a task there.)"""
+
+    async def adjust(by: int) -> None:
+        import anyio.to_thread
+
+        anyio.to_thread.current_default_thread_limiter().total_tokens += by
+
+    def start(by: int) -> None:
+        loop.create_task(adjust(by))
+
+    def change(by: int) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(start, by)
+
+    change(1)
+    return functools.partial(change, -1)
 
 
 def _is_uvloop(loop: asyncio.AbstractEventLoop) -> bool:
@@ -238,10 +294,9 @@ def _is_uvloop(loop: asyncio.AbstractEventLoop) -> bool:
 
 def _new_loop(factory: LoopFactory) -> asyncio.AbstractEventLoop:
     loop = factory()
-    if _is_uvloop(loop):
-        executor = _LazyExecutor()
-        loop.set_default_executor(executor)
-        _own_executors[id(loop)] = executor
+    executor = _LoopExecutor()
+    loop.set_default_executor(executor)
+    _own_executors[id(loop)] = executor
     return loop
 
 
@@ -259,16 +314,10 @@ class AsyncioDrivenLoop(DrivenLoop):
         self._main_thread = main_thread
 
     def run_job(self, job: Job[Any]) -> None:
-        guard = _interrupts.guard() if self._main_thread else None
-        if guard is None:
+        if self._main_thread:
+            _interrupts.under_guard(functools.partial(self.run_guarded, job))
+        else:
             self.run_guarded(job, None)
-            return
-        try:
-            guard.active = True
-            self.run_guarded(job, guard)
-        finally:
-            guard.active = False
-            guard.release()
 
     def run_guarded(self, job: Job[Any], guard: InterruptGuard | None) -> None:
         """:meth:`run_job`, under *guard* if it is not None."""
@@ -317,16 +366,7 @@ class AsyncioDrivenLoop(DrivenLoop):
 
     def close(self) -> None:
         # Ctrl-C while the loop closes takes effect once it is closed (closing is bounded).
-        guard = _interrupts.guard()
-        if guard is None:
-            self.close_guarded()
-            return
-        try:
-            guard.active = True
-            self.close_guarded()
-        finally:
-            guard.active = False
-            guard.release()
+        _interrupts.under_guard(lambda _: self.close_guarded())
 
     def close_guarded(self) -> None:
         """:meth:`close`, inside the guard of whoever calls it."""
@@ -461,11 +501,37 @@ class DirectlyDrivenLoop(AsyncioDrivenLoop):
             driver.leave(outer)
 
 
+def _set_debug(loop: asyncio.AbstractEventLoop, debug: bool) -> None:
+    loop.set_debug(debug)
+    if debug:
+        _name_tasks_after_jobs(loop)
+
+
+def _name_tasks_after_jobs(loop: asyncio.AbstractEventLoop) -> None:
+    """Name each task that runs a job after the job's callable, so that asyncio's debug
+    reports ("Executing <Task ...> took 0.2 seconds", a task destroyed while pending)
+    name the user's coroutine, not only loopshim's wrapper. A task factory already set
+    on the loop still makes the tasks."""
+    outer = loop.get_task_factory()
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        if outer is not None:
+            task = outer(loop, coro, **kwargs)
+        else:
+            task = asyncio.Task(coro, loop=loop, **kwargs)
+        job = job_of(coro)
+        if job is not None and isinstance(task, asyncio.Task):
+            task.set_name(job.label)
+        return task
+
+    loop.set_task_factory(factory)
+
+
 def open_driven_loop(name: str, factory: LoopFactory, options: CommonOptions) -> AsyncioDrivenLoop:
     """A new loop from *factory*, to be driven by the calling thread: directly when it
     can be (never in debug mode, where ``run_until_complete`` times slow callbacks)."""
     loop = _new_loop(factory)
-    loop.set_debug(options.debug)
+    _set_debug(loop, options.debug)
     main_thread = threading.current_thread() is threading.main_thread()
     if not options.debug and can_drive(loop):
         return DirectlyDrivenLoop(name, loop, main_thread)
@@ -490,7 +556,7 @@ class AsyncioLoopThread(LoopThread):
 
     def serve(self) -> None:
         loop = _new_loop(self._factory)
-        loop.set_debug(self.options.debug)
+        _set_debug(loop, self.options.debug)
         self._loop = loop
         try:
             loop.run_until_complete(self._lifetime())
@@ -515,6 +581,15 @@ class AsyncioLoopThread(LoopThread):
     def call_soon(self, callback: Callable[[], object]) -> None:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(callback)
+
+    def lend_worker(self) -> Callable[[], None] | None:
+        loop = self._loop
+        executor = _own_executors.get(id(loop))
+        if executor is not None and (take_back := executor.lend_worker()) is not None:
+            return take_back
+        if loop is not None and _is_anyio_worker_of(loop):
+            return _lend_anyio_token(loop)
+        return None
 
     def submit(self, job: Job[Any]) -> None:
         loop = self._loop
@@ -573,16 +648,7 @@ class AsyncioBackend(Backend):
 
     def run_fresh(self, job: Job[Any], options: CommonOptions) -> None:
         # One guard over the loop's whole life: Ctrl-C while it opens or closes too.
-        guard = _interrupts.guard()
-        if guard is None:
-            self._run_fresh(job, options, None)
-            return
-        try:
-            guard.active = True
-            self._run_fresh(job, options, guard)
-        finally:
-            guard.active = False
-            guard.release()
+        _interrupts.under_guard(functools.partial(self._run_fresh, job, options))
 
     def _run_fresh(
         self, job: Job[Any], options: CommonOptions, guard: InterruptGuard | None

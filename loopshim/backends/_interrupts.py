@@ -30,7 +30,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, Final
 
-__all__ = ["InterruptGuard", "guard", "never"]
+__all__ = ["InterruptGuard", "guard", "never", "under_guard"]
 
 _raw_signal: Any = importlib.import_module("_signal")
 # signal.signal() and signal.getsignal() convert handlers to and from enums, which
@@ -145,3 +145,18 @@ def guard() -> InterruptGuard | None:
     new = InterruptGuard(current)
     _set_handler(_SIGINT, new)
     return new
+
+
+def under_guard(fn: Callable[[InterruptGuard | None], object]) -> None:
+    """Call ``fn(guard)`` with a :func:`guard` active around it, then raise what the
+    program's handler raised meanwhile; ``fn(None)`` where there is no guard."""
+    installed = guard()
+    if installed is None:
+        fn(None)
+        return
+    try:
+        installed.active = True
+        fn(installed)
+    finally:
+        installed.active = False
+        installed.release()

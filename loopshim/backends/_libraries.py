@@ -18,6 +18,7 @@ from .._core import (
     Canceller,
     Job,
     Library,
+    LoopActivity,
     machinery_of,
     register_library,
 )
@@ -90,6 +91,25 @@ class AsyncioLibrary(Library):
 
     def machinery(self) -> tuple[str, ...]:
         return machinery_of(asyncio)
+
+    def watch_loop(self, activity: LoopActivity) -> None:
+        """A loop with a Python selector (asyncio's own, but for the proactor) reports
+        its waits: that selector's ``select`` is wrapped, on that instance alone. On
+        the others (uvloop, whose wait is in libuv) a timer beats."""
+        loop = asyncio.get_running_loop()
+        selector = getattr(loop, "_selector", None)
+        select = getattr(selector, "select", None)
+        if callable(select) and hasattr(selector, "__dict__"):
+            vars(selector)["select"] = activity.wrap_wait(select)
+            return
+        beat, interval = activity.beats()
+        empty = contextvars.Context()  # the timer must keep no caller's context alive
+
+        def beat_and_again() -> None:
+            beat()
+            loop.call_later(interval, beat_and_again, context=empty)
+
+        beat_and_again()
 
 
 class _TaskCanceller(Canceller):
@@ -266,6 +286,30 @@ class TrioLibrary(Library):
 
     def machinery(self) -> tuple[str, ...]:
         return machinery_of(*(sys.modules[m] for m in _TRIO_MACHINERY if m in sys.modules))
+
+    def watch_loop(self, activity: LoopActivity) -> None:
+        """trio reports its wakes: an instrument's ``after_io_wait`` hook (called once
+        per loop iteration) marks them, and so does a system task every beat interval,
+        which bounds the waits. (A ``before_io_wait`` hook too would cost another call
+        per iteration, trio's call of a hook costing more than the hook; hooks around
+        each task step would cost two calls for every step. A timer alone would miss
+        the end of a block when another task blocks in the next batch before the
+        timer's task.)"""
+        import trio
+
+        mark, interval = activity.wakes()
+
+        class MarkWakes(trio.abc.Instrument):
+            # The hook itself, not a method calling it: trio calls it at every iteration.
+            after_io_wait = staticmethod(mark)
+
+        async def mark_forever() -> None:
+            while True:
+                await trio.sleep(interval)
+                mark()
+
+        trio.lowlevel.add_instrument(MarkWakes())
+        trio.lowlevel.spawn_system_task(mark_forever, name="loopshim-watchdog-beat")
 
 
 _TRIO_MACHINERY: Final = ("trio", "outcome", "sniffio")

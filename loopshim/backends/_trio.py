@@ -6,8 +6,10 @@ import contextlib
 import contextvars
 import functools
 import re
+import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar, Final
 
@@ -24,6 +26,7 @@ from .._core import (
     LoopThread,
     add_note,
     close_own_work,
+    job_of,
     logger,
     refuse_backend,
     threading_patched,
@@ -50,10 +53,21 @@ SLOW_STEP: Final = 0.1
 
 
 class SlowStepLogger(trio.abc.Instrument):
-    """Logs task steps that block the trio loop for longer than :data:`SLOW_STEP`."""
+    """Logs task steps that block the trio loop for longer than :data:`SLOW_STEP`,
+    naming a task of loopshim's after the coroutine its job runs."""
 
     def __init__(self) -> None:
         self._started = 0.0
+        #: The job labels of loopshim's tasks, read when they are spawned (a task's
+        #: last step leaves no frame to read them from).
+        self._labels: weakref.WeakKeyDictionary[trio.lowlevel.Task, str] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        job = job_of(task.coro)
+        if job is not None:
+            self._labels[task] = job.label
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         self._started = time.perf_counter()
@@ -61,7 +75,8 @@ class SlowStepLogger(trio.abc.Instrument):
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
         elapsed = time.perf_counter() - self._started
         if elapsed > SLOW_STEP:
-            logger.warning("trio task %s blocked the loop for %.3f s", task.name, elapsed)
+            name = self._labels.get(task, task.name)
+            logger.warning("trio task %s blocked the loop for %.3f s", name, elapsed)
 
 
 def instruments(options: CommonOptions) -> tuple[trio.abc.Instrument, ...]:
@@ -180,16 +195,9 @@ def run_fresh(job: Job[Any], options: CommonOptions) -> None:
     loopshim's guard (see ``_interrupts``) instead of trio's own handler, which comes
     too late to cover the run's set-up: interrupted there, the run's file descriptors
     leak."""
-    guard = _interrupts.guard()
-    if guard is None:
-        trio.run(_run_and_close, job, None, instruments=instruments(options))
-        return
-    try:
-        guard.active = True
-        trio.run(_run_and_close, job, guard, instruments=instruments(options))
-    finally:
-        guard.active = False
-        guard.release()
+    _interrupts.under_guard(
+        lambda guard: trio.run(_run_and_close, job, guard, instruments=instruments(options))
+    )
 
 
 async def _run_and_close(job: Job[Any], guard: InterruptGuard | None) -> None:
@@ -217,6 +225,11 @@ async def _run_and_close(job: Job[Any], guard: InterruptGuard | None) -> None:
                 await state.aclose()
         else:
             state.detach()
+
+
+def _adjust_thread_limiter(by: int) -> None:
+    """Change ``trio.to_thread``'s default limiter by *by* tokens (on the run)."""
+    trio.to_thread.current_default_thread_limiter().total_tokens += by
 
 
 class TrioLoopThread(LoopThread):
@@ -254,6 +267,25 @@ class TrioLoopThread(LoopThread):
     def call_soon(self, callback: Callable[[], object]) -> None:
         assert self._token is not None
         self._token.run_sync_soon(callback)
+
+    def lend_worker(self) -> Callable[[], None] | None:
+        # trio.to_thread's worker threads (anyio's too, on trio) know their run's
+        # token; trio keeps it in a private thread-local, so look it up defensively.
+        threads = sys.modules.get("trio._threads")
+        parent = getattr(threads, "PARENT_TASK_DATA", None)
+        token = self._token
+        if token is None:
+            return None
+        run_sync_soon = token.run_sync_soon
+        if getattr(parent, "token", None) is not token:
+            return None
+
+        def change(by: int) -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                run_sync_soon(_adjust_thread_limiter, by)
+
+        change(1)
+        return functools.partial(change, -1)
 
     def submit(self, job: Job[Any]) -> None:
         if self.in_loop_thread():

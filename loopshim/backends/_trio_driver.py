@@ -216,16 +216,7 @@ class TrioDrivenLoop(DrivenLoop):
 
     def close(self) -> None:
         # Ctrl-C while the run closes takes effect once it is closed (closing is bounded).
-        guard = _interrupts.guard()
-        if guard is None:
-            self._close()
-            return
-        try:
-            guard.active = True
-            self._close()
-        finally:
-            guard.active = False
-            guard.release()
+        _interrupts.under_guard(lambda _: self._close())
 
     def _close(self) -> None:
         outer = self._enter()
