@@ -116,8 +116,13 @@ def test_after_a_loop_thread_dies_the_next_calls_get_a_new_loop(
     runner.close()
 
 
+async def _current_thread() -> threading.Thread:
+    return threading.current_thread()
+
+
 def _kill_loop_thread(runner: loopshim.LoopRunner, backend: BackendCase) -> threading.Thread:
-    (thread,) = [t for t in threading.enumerate() if t.name == f"loopshim-{backend.name}"]
+    # The runner's own loop thread (other runners' loop threads bear the same name).
+    thread = runner.run(_current_thread)
 
     async def kill() -> None:
         if backend.name == "trio":

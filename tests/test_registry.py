@@ -182,19 +182,20 @@ def test_closing_a_shared_runner_closes_its_loops_for_every_holder(scope: str) -
     # One rule for every holder: close() drains and closes the shared runner's loops,
     # and the next call — through get_runner(), an earlier wrap(), or an app holding
     # the runner — starts a fresh loop on the same runner.
-    async def loop_id() -> int:
+    # The loops themselves, not their ids: a closed loop's id may be reused.
+    async def running_loop() -> asyncio.AbstractEventLoop:
         await anyio.sleep(0)
-        return id(asyncio.get_running_loop())
+        return asyncio.get_running_loop()
 
     shared = loopshim.get_runner("asyncio", scope=scope, shutdown_timeout=1.5)
-    wrapped = shared.wrap(loop_id)
+    wrapped = shared.wrap(running_loop)
     before = wrapped()
     with shared as runner:
-        assert runner.run(loop_id) == before or scope == "call"
+        assert runner.run(running_loop) is before or scope == "call"
     assert not shared.closed
     assert loopshim.get_runner("asyncio", scope=scope, shutdown_timeout=1.5) is shared
-    assert wrapped() != before or scope == "call"
-    assert isinstance(shared.run(loop_id), int)
+    assert wrapped() is not before
+    assert isinstance(shared.run(running_loop), asyncio.AbstractEventLoop)
 
 
 def test_closing_a_private_runner_is_for_good() -> None:

@@ -44,8 +44,12 @@ class AsyncioLibrary(Library):
         """Await ``fn()`` for up to *seconds*; then cancel it and, if it still does not
         finish within :data:`CANCEL_GRACE`, abandon it. Whether it finished in time."""
         task = asyncio.ensure_future(fn())
-        done, _ = await asyncio.wait({task}, timeout=seconds)
-        if done:
+        # Most have nothing to wait for (no async generator, no loop-local value): one
+        # loop iteration ends them, without asyncio.wait's timer and callbacks.
+        await asyncio.sleep(0)
+        if not task.done():
+            await asyncio.wait({task}, timeout=seconds)
+        if task.done():
             task.result()  # its exception, if any, is the caller's to log
             return True
         task.cancel()
