@@ -507,6 +507,15 @@ def _set_debug(loop: asyncio.AbstractEventLoop, debug: bool) -> None:
         _name_tasks_after_jobs(loop)
 
 
+class _JobTask(asyncio.Task):  # type: ignore[type-arg]
+    """A task named after its job (debug mode), which keeps that name when
+    ``create_task`` then names it ``None`` (Python 3.13.0 does)."""
+
+    def set_name(self, value: object) -> None:
+        if value is not None:
+            super().set_name(value)
+
+
 def _name_tasks_after_jobs(loop: asyncio.AbstractEventLoop) -> None:
     """Name each task that runs a job after the job's callable, so that asyncio's debug
     reports ("Executing <Task ...> took 0.2 seconds", a task destroyed while pending)
@@ -515,11 +524,13 @@ def _name_tasks_after_jobs(loop: asyncio.AbstractEventLoop) -> None:
     outer = loop.get_task_factory()
 
     def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        job = job_of(coro)
         if outer is not None:
             task = outer(loop, coro, **kwargs)
+        elif job is not None:
+            task = _JobTask(coro, loop=loop, **kwargs)
         else:
             task = asyncio.Task(coro, loop=loop, **kwargs)
-        job = job_of(coro)
         if job is not None and isinstance(task, asyncio.Task):
             task.set_name(job.label)
         return task
