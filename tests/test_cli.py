@@ -169,7 +169,9 @@ def test_info_tells_what_to_install_for_a_missing_backend() -> None:
 @pytest.mark.parametrize(
     ("hidden", "line"),
     [
-        (("flask", "anyio"), 'missing anyio, flask: pip install "loopshim[bench]"'),
+        # One extra brings both, the one that installs least (asgi: Flask, greenlet, anyio).
+        (("flask", "anyio"), 'missing anyio, flask: pip install "loopshim[asgi]"'),
+        (("flask", "asgiref"), 'missing asgiref, flask: pip install "loopshim[bench]"'),
         (("matplotlib",), 'missing matplotlib: pip install "loopshim[bench]"'),
         (("flask",), 'missing flask: pip install "loopshim[flask]"'),
         # A distribution whose module is named otherwise (nest-asyncio: nest_asyncio).
