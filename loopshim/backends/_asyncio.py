@@ -13,7 +13,7 @@ import inspect
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar
 
 from .._core import (
@@ -80,6 +80,17 @@ def _start(loop: asyncio.AbstractEventLoop, job: Job[Any], jobs: set[Job[Any]] |
 #: Whether ``create_task(coro, context=ctx)`` runs the task in *ctx* itself (3.11+);
 #: before, in a copy of it.
 _TASK_IN_GIVEN_CONTEXT = sys.version_info >= (3, 11)
+
+
+def _create_task(
+    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None], context: contextvars.Context
+) -> asyncio.Task[None]:
+    """``loop.create_task(coro, context=context)``, where the task runs in *context*
+    itself (3.11+), or before 3.11 in a copy of it (neither asyncio's nor uvloop's
+    ``create_task`` takes ``context=`` there)."""
+    if sys.version_info >= (3, 11):
+        return loop.create_task(coro, context=context)
+    return context.run(loop.create_task, coro)
 
 
 async def _execute_and_stop(job: Job[Any], driven: StoppingDrivenLoop) -> None:
@@ -387,7 +398,6 @@ class StoppingDrivenLoop(AsyncioDrivenLoop):
 
     def __init__(self, name: str, loop: asyncio.AbstractEventLoop, main_thread: bool) -> None:
         super().__init__(name, loop, main_thread)
-        # create_task takes context= on 3.11+ (uvloop's: on 3.10 too)
         self.loop: Any = loop
         #: The job being driven, whose task stops the loop when it ends (a call its
         #: caller stopped waiting for must not stop a later one).
@@ -405,7 +415,7 @@ class StoppingDrivenLoop(AsyncioDrivenLoop):
             if sys.version_info >= (3, 11) and loop.get_task_factory() is None:
                 task = job.handle = asyncio.Task(coro, loop=loop, context=job.context)
             else:  # the loop's own create_task, which honours a task factory
-                task = job.handle = loop.create_task(coro, context=job.context)
+                task = job.handle = _create_task(loop, coro, job.context)
             try:
                 loop.run_forever()
             except BaseException:
@@ -420,7 +430,7 @@ class StoppingDrivenLoop(AsyncioDrivenLoop):
         loop = self.loop
         self.current = job
         try:
-            task = job.handle = loop.create_task(_execute_and_stop(job, self), context=job.context)
+            task = job.handle = _create_task(loop, _execute_and_stop(job, self), job.context)
             if guard is not None:
                 guard.arm(
                     functools.partial(loop.call_soon_threadsafe, _interrupt, job, guard),
