@@ -73,6 +73,7 @@ from ._core import (
     hand_over,
     handled_exception,
     logger,
+    new_job,
     run_sync_in_task,
     running_library,
 )
@@ -850,17 +851,7 @@ class _Served:
     def job(
         self, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any, owner: object
     ) -> Job[Any]:
-        origin = contextvars.copy_context()
-        return Job(
-            fn,
-            args,
-            kwargs,
-            context=origin.copy(),
-            origin=origin,
-            handling=handled_exception(),
-            timeout=self.timeout,
-            owner=owner,
-        )
+        return new_job(fn, args, kwargs, self.timeout, None, owner)
 
     def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
         """What the app's ``async_to_sync`` callables call: in a served request (its

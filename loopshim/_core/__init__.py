@@ -63,6 +63,7 @@ from ._registry import (
     run,
 )
 from ._runner import Runner
+from ._scopes import new_job
 from ._shutdown import JobSet, close_own_work
 from ._sync_call import SyncCall, direct_call, sync_caller_maker
 
@@ -120,6 +121,7 @@ __all__ = [
     "loop_local",
     "machinery_of",
     "native_selector",
+    "new_job",
     "own_loop_error",
     "refuse_backend",
     "refuse_scope",

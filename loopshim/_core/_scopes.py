@@ -56,10 +56,11 @@ def new_job(
     kwargs: Any,
     timeout: float | None,
     lock: threading.Lock | None,
-    owner: RunnerScope | None,
+    owner: object,
 ) -> Job[Any]:
     """A call's job, made in the caller's thread: a copy of the caller's context, the
-    exception it is handling, and the bridge *owner* if the call may re-enter."""
+    exception it is handling, and the bridge *owner* if the call may re-enter (a
+    runner's scope, an ASGI request; ``None`` if it may not)."""
     if type(fn) is Bridged:  # type: ignore[comparison-overlap]
         fn, owner = fn.fn, fn.owner
     origin = contextvars.copy_context()
