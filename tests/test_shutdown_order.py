@@ -197,3 +197,35 @@ def test_loop_local_accepts_awaitable_clients(loop_runner_factory: LoopRunnerFac
     finally:
         runner.close()
     assert sorted(closed) == ["asyncpg", "redis"]
+
+
+def test_an_async_generator_left_suspended_is_closed_with_its_loop(
+    loop_runner_factory: LoopRunnerFactory, loop_backend: Any, loop_scope: str
+) -> None:
+    # Closing a loop closes the async generators still suspended on it (their finally
+    # runs on the loop), also when nothing else is left to close. (trio closes them in
+    # a cancelled scope, where a finally cannot await: none here.)
+    closed: list[str] = []
+    kept: list[Any] = []
+
+    async def numbers() -> Any:
+        try:
+            yield 1
+            yield 2
+        finally:
+            closed.append("closed")
+
+    async def start_one() -> int:
+        generator = numbers()
+        kept.append(generator)  # still referenced: only closing the loop closes it
+        return await generator.__anext__()
+
+    # A call-scope loop, and trio's public thread scope (a trio.run per call), end with
+    # the call; the others with close().
+    loop_per_call = loop_scope == "call" or loop_backend.options.get("driver") == "public"
+    runner = loop_runner_factory()
+    assert runner.run(start_one) == 1
+    if not loop_per_call:
+        assert closed == []
+        runner.close()
+    assert closed == ["closed"]

@@ -51,6 +51,7 @@ async def _awaited(job: Job[Any]) -> Any:
 async def close_loop(state: LoopState, jobs: JobSet | None, grace: float) -> None:
     """loopshim's part first (its jobs, then loop-local values), then the rest."""
     await close_own_work(ASYNCIO, "third_party", state, jobs, grace)
+    await asyncio.get_running_loop().shutdown_asyncgens()
     current = asyncio.current_task()
     others = [t for t in asyncio.all_tasks() if t is not current]
     for task in others:

@@ -35,7 +35,13 @@ from .._core import (
 from .._errors import RunnerClosed
 from .._options import CommonOptions, Validator, callable_or_none
 from . import _interrupts
-from ._asyncio_direct import Driver, LoopStopped, can_drive, start_eagerly
+from ._asyncio_direct import (
+    Driver,
+    LoopStopped,
+    can_drive,
+    has_no_async_generators,
+    start_eagerly,
+)
 from ._interrupts import InterruptGuard
 from ._libraries import ASYNCIO, abandon
 
@@ -188,7 +194,9 @@ async def _finalize(name: str, state: LoopState, grace: float, jobs: JobSet | No
     loop = asyncio.get_running_loop()
     stuck = await close_own_work(ASYNCIO, name, state, jobs, grace)
     abandon(job.handle for job in stuck if job.handle is not None)
-    if not await ASYNCIO.within(CANCEL_GRACE, loop.shutdown_asyncgens):
+    # Most loops have none: closing none would cost a task and a loop iteration.
+    closing = not has_no_async_generators(loop)
+    if closing and not await ASYNCIO.within(CANCEL_GRACE, loop.shutdown_asyncgens):
         logger.warning("closing the async generators of the %s loop timed out", name)
     await _cancel_the_rest(name)
     # Bounded: a worker thread stuck in blocking code must not hang close() (or a
