@@ -506,6 +506,32 @@ def test_a_loops_executor_is_set_up_at_its_first_job_only() -> None:
         used.submit(int)
 
 
+def test_a_worker_that_lends_its_place_gets_a_thread_for_the_next_job() -> None:
+    # One worker, busy with a job that waits for another job of the same pool: the
+    # lent place must start a thread, whatever the pool's count of idle workers says
+    # (before 3.12 a worker counts itself idle after every item).
+    from loopshim.backends._asyncio import _LoopExecutor
+
+    pool = _LoopExecutor()
+    pool.submit(time.sleep, 0.2)  # the pool is set up; its one worker is busy
+    pool._max_workers = 1
+
+    def waits_for_another_job() -> str:
+        take_back = pool.lend_worker()
+        assert take_back is not None
+        try:
+            return str(pool.submit(lambda: "ran").result(5))
+        finally:
+            take_back()
+
+    try:
+        # Queued behind the sleep: its worker takes it next, still counted idle.
+        assert pool.submit(waits_for_another_job).result(10) == "ran"
+        assert pool.lend_worker() is None  # not one of the pool's threads
+    finally:
+        pool.shut_down_within(5)
+
+
 def test_a_dropped_runner_is_still_drained_at_exit(tmp_path: Any) -> None:
     import subprocess
     import sys

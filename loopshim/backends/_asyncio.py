@@ -248,8 +248,13 @@ class _LoopExecutor(concurrent.futures.ThreadPoolExecutor):
             if self._shutdown:
                 return None
             self._max_workers += 1
-            if not self._work_queue.empty():
-                self._adjust_thread_count()  # no idle worker left: start one
+            # Start the extra worker now. The pool's count of idle workers cannot be
+            # trusted for it: before 3.12 a worker counts itself idle after every item,
+            # also when it goes straight on to the next (this one, say), and a submit
+            # that believed it would start no thread.
+            while self._idle_semaphore.acquire(blocking=False):
+                pass
+            self._adjust_thread_count()
         take_back: Callable[[], None] = self._take_back
         return take_back
 
@@ -596,6 +601,7 @@ class AsyncioLoopThread(LoopThread):
             abandon(asyncio.all_tasks(loop))
             raise
         finally:
+            _own_executors.pop(id(loop), None)  # _finalize did, unless the loop died
             loop.close()
 
     async def _lifetime(self) -> None:

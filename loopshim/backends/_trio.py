@@ -228,8 +228,12 @@ async def _run_and_close(job: Job[Any], guard: InterruptGuard | None) -> None:
 
 
 def _adjust_thread_limiter(by: int) -> None:
-    """Change ``trio.to_thread``'s default limiter by *by* tokens (on the run)."""
-    trio.to_thread.current_default_thread_limiter().total_tokens += by
+    """Change ``trio.to_thread``'s default limiter by *by* tokens (on the run). Never
+    raises: it runs as a ``run_sync_soon`` callback, where an exception ends the run
+    (and the program may have set the limiter meanwhile)."""
+    limiter = trio.to_thread.current_default_thread_limiter()
+    with contextlib.suppress(ValueError, TypeError):
+        limiter.total_tokens = max(1, limiter.total_tokens + by)
 
 
 class TrioLoopThread(LoopThread):
