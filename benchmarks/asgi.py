@@ -33,7 +33,6 @@ import random
 import re
 import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -45,11 +44,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from server import ServerProcess  # benchmarks/server.py, beside this script
+
 from loopshim._info import describe_machine, library_versions, machine
 
 HERE = Path(__file__).resolve().parent
 START_TIMEOUT = 30.0
-STOP_TIMEOUT = 15.0
 VERSIONS = ("loopshim", "flask", "quart", "uvicorn", "hypercorn", "gunicorn", "gevent", "uvloop")
 
 
@@ -152,22 +152,19 @@ class Result:
 # --- servers -------------------------------------------------------------------------
 
 
-class Server:
+class Server(ServerProcess):
     def __init__(self, variant: Variant, threads: int) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         self.variant = variant
+        self.name = variant.key
         self.log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
         argv = [a.format(port=self.port, threads=threads) for a in variant.argv]
         env = {"BENCH_THREADS": str(threads), "PYTHONPATH": str(HERE)}
         self.process = subprocess.Popen(
-            argv, cwd=HERE, stdout=self.log, stderr=self.log, env={**_environ(), **env}
+            argv, cwd=HERE, stdout=self.log, stderr=self.log, env={**os.environ, **env}
         )
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-3000:]
 
     def wait_ready(self, deadline: float) -> None:
         url = f"http://127.0.0.1:{self.port}/trivial"
@@ -183,21 +180,6 @@ class Server:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.variant.key} did not answer:\n{self.output()}")
             time.sleep(0.1)
-
-    def stop(self) -> str | None:
-        problem = None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                problem = f"{self.variant.key} ignored SIGTERM for {STOP_TIMEOUT:g} s"
-        if problem is None and self.process.returncode not in (0, -signal.SIGTERM):
-            problem = f"{self.variant.key} exited with {self.process.returncode}:\n{self.output()}"
-        self.log.close()
-        return problem
 
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -218,10 +200,6 @@ def cpu_seconds(pid: int) -> float:
         except (OSError, ValueError, IndexError):
             continue
     return total
-
-
-def _environ() -> dict[str, str]:
-    return dict(os.environ)
 
 
 @contextlib.contextmanager

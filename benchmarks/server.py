@@ -112,13 +112,44 @@ def variants(backends: list[str], scopes: list[str]) -> list[Variant]:
 APP_FACTORY = "server_app:create_app"
 
 
-class Server:
+class ServerProcess:
+    """A server in a process of its own, its output kept in a temporary file (closed by
+    :meth:`stop`); ``name`` says which in messages. benchmarks/asgi.py uses it too."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: IO[bytes]
+
+    def output(self) -> str:
+        """The end of what the server printed."""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-3000:]
+
+    def stop(self) -> str | None:
+        """SIGTERM, then wait; returns a problem, if any."""
+        problem = None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                problem = f"{self.name} ignored SIGTERM for {STOP_TIMEOUT:g} s"
+        if problem is None and self.process.returncode not in (0, -signal.SIGTERM):
+            problem = f"{self.name} exited with status {self.process.returncode}:\n{self.output()}"
+        self.log.close()
+        return problem
+
+
+class Server(ServerProcess):
     """gunicorn serving one variant on a socket bound here, on a free loopback port."""
 
     def __init__(
         self, variant: str, workers: int, threads: int, factory: str = APP_FACTORY
     ) -> None:
         self.variant = variant
+        self.name = f"gunicorn for {variant!r}"
         listener = socket.create_server(("127.0.0.1", 0), backlog=128)
         self.port = listener.getsockname()[1]
         self.log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
@@ -149,10 +180,6 @@ class Server:
         finally:
             listener.close()  # gunicorn has its own copy
 
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-3000:]
-
     def wait_ready(self, deadline: float) -> None:
         """Return once the server answers a request; raise if it exits or is too slow."""
         while True:
@@ -179,25 +206,6 @@ class Server:
                         f"{START_TIMEOUT:g} s:\n{self.output()}"
                     ) from None
                 time.sleep(0.1)
-
-    def stop(self) -> str | None:
-        """SIGTERM, then wait; returns a problem, if any."""
-        problem = None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                problem = f"gunicorn for {self.variant!r} ignored SIGTERM for {STOP_TIMEOUT:g} s"
-        if problem is None and self.process.returncode not in (0, -signal.SIGTERM):
-            problem = (
-                f"gunicorn for {self.variant!r} exited with status {self.process.returncode}:\n"
-                f"{self.output()}"
-            )
-        self.log.close()
-        return problem
 
 
 @contextlib.contextmanager

@@ -65,6 +65,7 @@ from ._core import (
     LoopState,
     bridge_available,
     bridge_owner,
+    call_handling,
     changed,
     check_async_callable,
     close_own_work,
@@ -358,11 +359,13 @@ class _Request:
     def wait_for(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
         """From the request's sync code, in its greenlet or in a worker thread: have
         ``fn(*args)`` awaited on the loop, and return its result."""
-        if getattr(_local, "request", None) is self:
-            return anyio.from_thread.run(fn, *args, token=self.loop.token)
-        return hand_over(fn(*args))
+        if self.in_greenlet():
+            return hand_over(fn(*args))
+        return anyio.from_thread.run(fn, *args, token=self.loop.token)
 
     def in_greenlet(self) -> bool:
+        """Whether the request's sync code runs here in its greenlet (not in a worker
+        thread, which marks itself in ``_local``)."""
         return getattr(_local, "request", None) is not self
 
     # --- the request body ------------------------------------------------------------
@@ -633,19 +636,9 @@ def _in_worker(
     try:
         if handling is None:
             return context.run(fn)
-        return context.run(_call_handling, handling, fn)
+        return context.run(call_handling, handling, fn)
     finally:
         _local.request = None
-
-
-def _call_handling(handling: BaseException, fn: Callable[[], T]) -> T:
-    """``fn()`` as if called inside the ``except`` block handling *handling*."""
-    tb = handling.__traceback__
-    try:
-        raise handling
-    except BaseException:
-        handling.__traceback__ = tb
-        return fn()
 
 
 class _Input:
@@ -1038,7 +1031,7 @@ class ServerRunner:
         # async app) — the call blocks it until done, as a process-scope runner's does.
         loop = served.any_loop()
         if loop is None:
-            return self._fallback_runner().run(async_fn, *args, **kwargs)
+            return self._fallback().run(async_fn, *args, **kwargs)
         job = served.job(async_fn, args, kwargs, loop)
         anyio.from_thread.run(loop.library.call_in_task, job, token=loop.token)
         return job.outcome()  # type: ignore[no-any-return]
@@ -1090,7 +1083,7 @@ class ServerRunner:
             start_from_thread = loop is None
             loop = loop or served.any_loop()
         if loop is None:
-            return self._fallback_runner().spawn(async_fn, *args, **kwargs)
+            return self._fallback().spawn(async_fn, *args, **kwargs)
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         job: Job[T] = Job(
             async_fn, args, kwargs, context=contextvars.Context(), future=future, owner=loop
@@ -1112,9 +1105,6 @@ class ServerRunner:
 
         future.add_done_callback(on_done)
         return future
-
-    def _fallback_runner(self) -> LoopRunner:
-        return self._fallback()
 
     def close(self, timeout: float | None = None) -> None:
         """Refused: the server's loop is the server's to close; background tasks are

@@ -427,14 +427,16 @@ def test_the_expected_time_is_printed_when_the_run_starts() -> None:
     assert process.returncode == 0, rest
 
 
-def test_a_short_run_is_short_and_says_how_long_it_takes(tmp_path: Path) -> None:
-    """The fan-out's calls (about 12 ms) are longer than a batch of 0.2 s / 50 rounds:
-    they get fewer batches, so that a row still takes about its 0.2 s."""
-    pytest.importorskip("anyio")
-    report = tmp_path / "bench.json"
+def _short_run(report: Path, workloads: str) -> tuple[int, int, float]:
+    """A 0.2 s run of *workloads* on asyncio: the rows and the seconds it announced,
+    and the seconds it took."""
     begin = time.monotonic()
     done = loopshim_cmd(
-        "bench", "--workloads=fanout", "--backends=asyncio", "--duration=0.2", f"--json={report}"
+        "bench",
+        f"--workloads={workloads}",
+        "--backends=asyncio",
+        "--duration=0.2",
+        f"--json={report}",
     )
     wall = time.monotonic() - begin
     assert done.returncode == 0, done.stderr
@@ -442,7 +444,15 @@ def test_a_short_run_is_short_and_says_how_long_it_takes(tmp_path: Path) -> None
         r"loopshim bench: (\d+) rows x 0.2 s, in 50 rounds: about (\d+) s", done.stdout
     )
     assert announced is not None, done.stdout[:200]
-    rows, expected = int(announced[1]), int(announced[2])
+    return int(announced[1]), int(announced[2]), wall
+
+
+def test_a_short_run_is_short_and_says_how_long_it_takes(tmp_path: Path) -> None:
+    """The fan-out's calls (about 12 ms) are longer than a batch of 0.2 s / 50 rounds:
+    they get fewer batches, so that a row still takes about its 0.2 s."""
+    pytest.importorskip("anyio")
+    report = tmp_path / "bench.json"
+    rows, expected, wall = _short_run(report, "fanout")
     assert rows <= 3 + len(PEERS)  # 3 scopes and the peers that are installed
     assert expected <= rows * 0.2 * 1.5  # the announcement is about the asked-for time
     assert wall < 2 * expected + 5  # generous: interpreter start-up, a busy machine
@@ -455,21 +465,7 @@ def test_a_short_run_of_the_async_workloads_is_short(tmp_path: Path) -> None:
     """Their batches run inside a coroutine (and nest_asyncio's in a process of its own,
     started once): a row still takes about its 0.2 s."""
     report = tmp_path / "bench.json"
-    begin = time.monotonic()
-    done = loopshim_cmd(
-        "bench",
-        "--workloads=reentrant,cross-loop",
-        "--backends=asyncio",
-        "--duration=0.2",
-        f"--json={report}",
-    )
-    wall = time.monotonic() - begin
-    assert done.returncode == 0, done.stderr
-    announced = re.match(
-        r"loopshim bench: (\d+) rows x 0.2 s, in 50 rounds: about (\d+) s", done.stdout
-    )
-    assert announced is not None, done.stdout[:200]
-    rows, expected = int(announced[1]), int(announced[2])
+    rows, expected, wall = _short_run(report, "reentrant,cross-loop")
     assert rows <= 3 + 2 + len(ASYNC_PEERS)  # 3 scopes re-entering, 2 host loops, the peers
     assert expected <= rows * 0.2 * 1.5
     assert wall < 2 * expected + 5  # generous: interpreter start-ups, a busy machine

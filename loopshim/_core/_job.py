@@ -23,6 +23,7 @@ __all__ = [
     "CopyBackLog",
     "Job",
     "add_note",
+    "call_handling",
     "changed",
     "copied_back",
     "copy_back",
@@ -206,7 +207,9 @@ class Job(Generic[T_co]):
 
 async def _call_handling(job: Job[T]) -> T:
     """Await the job's coroutine; while it runs, ``sys.exc_info()`` is the exception
-    the caller was handling, exactly as if the coroutine ran inside its ``except``."""
+    the caller was handling, exactly as if the coroutine ran inside its ``except``.
+    (The await itself must be in the ``except``: a coroutine sees the exception being
+    handled where it runs, not where it was made.)"""
     handling = job.handling
     assert handling is not None
     tb = handling.__traceback__
@@ -215,6 +218,17 @@ async def _call_handling(job: Job[T]) -> T:
     except BaseException:
         handling.__traceback__ = tb  # raising it here must not alter the caller's traceback
         return await job.fn(*job.args, **job.kwargs)  # type: ignore[no-any-return]
+
+
+def call_handling(handling: BaseException, fn: Callable[[], T]) -> T:
+    """``fn()`` as if called inside the ``except`` block handling *handling* (in
+    another thread than the one handling it): :func:`_call_handling` for sync code."""
+    tb = handling.__traceback__
+    try:
+        raise handling
+    except BaseException:
+        handling.__traceback__ = tb
+        return fn()
 
 
 if sys.version_info >= (3, 11):

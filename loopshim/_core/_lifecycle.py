@@ -39,8 +39,8 @@ _REAPER_JOIN: Final = 30.0
 #: The runners get_runner() shares, by (name, scope, *options).
 _cache: dict[tuple[Any, ...], LoopRunner] = {}
 _lock = threading.Lock()
-#: Runners not closed yet, held weakly: a dropped runner is closed when collected.
-_live: weakref.WeakSet[Runner] = weakref.WeakSet()
+#: Runners not closed yet, held weakly (a dropped runner is closed when collected),
+#: with what closes each one then.
 _finalizers: weakref.WeakKeyDictionary[Runner, weakref.finalize[Any, Any]] = (
     weakref.WeakKeyDictionary()
 )
@@ -82,7 +82,9 @@ def share(key: tuple[Any, ...], runner: LoopRunner) -> None:
 
 def evict(name: str) -> list[LoopRunner]:
     """Forget the shared runners of backend *name*; return them (hold the lock)."""
-    return [_cache.pop(k) for k in [k for k in _cache if k[0] == name]]
+    # A runner is shared under its request and its validated options: once each here.
+    evicted = [_cache.pop(k) for k in [k for k in _cache if k[0] == name]]
+    return list({id(runner): runner for runner in evicted}.values())
 
 
 def is_shared(runner: object) -> bool:
@@ -99,7 +101,6 @@ def track(runner: Runner) -> None:
     """Close *runner* at interpreter exit, or soon after the program drops it, unless
     it is closed before."""
     _install_hooks()
-    _live.add(runner)
     name = repr(runner)
     finalizer = weakref.finalize(
         runner, _reap, runner._scope, runner.options.shutdown_timeout, name
@@ -110,7 +111,6 @@ def track(runner: Runner) -> None:
 
 def forget(runner: Runner) -> None:
     """*runner* was closed for good: nothing left to do for it."""
-    _live.discard(runner)
     finalizer = _finalizers.pop(runner, None)
     if finalizer is not None:
         finalizer.detach()
@@ -140,7 +140,7 @@ def _close_all_at_exit() -> None:
     # drained (for shutdown_timeout) rather than killed with the daemon thread.
     global _exiting
     _exiting = True
-    for runner in list(_live):
+    for runner in list(_finalizers):
         try:
             runner.close()
         except Exception:
@@ -156,5 +156,5 @@ def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()
     _reapers.clear()
-    for runner in list(_live):
+    for runner in list(_finalizers):
         runner._scope.after_fork_in_child()

@@ -268,22 +268,30 @@ def get_runner(
     if name is None:
         name, source = default_backend()
     checked_scope = check_scope(scope)
-    spec = load_backend(name, source)
     if not cached:
-        return _create(name, checked_scope, spec, options)
-    key = _cache_key(name, checked_scope, spec, options)
+        return _create(name, checked_scope, load_backend(name, source), options)
+    # The request as given finds a runner already shared for it without loading the
+    # backend or validating the options again (loopshim.run asks on every call).
+    request = (name, checked_scope, *sorted(options.items()))
     try:
-        hash(key)
+        hash(request)
     except TypeError:
         raise OptionError(
             f"runner options must be hashable to share a runner; got {options!r}. "
             "Pass cached=False for a private runner"
         ) from None
     with _lifecycle.registry_lock():
+        runner = _lifecycle.shared(request)
+    if runner is not None:
+        return runner
+    spec = load_backend(name, source)
+    key = _cache_key(name, checked_scope, spec, options)
+    with _lifecycle.registry_lock():
         runner = _lifecycle.shared(key)
         if runner is None:
             runner = _create(name, checked_scope, spec, options)
             _lifecycle.share(key, runner)
+        _lifecycle.share(request, runner)
         return runner
 
 

@@ -10,8 +10,6 @@ import functools
 import sys
 import threading
 from collections.abc import Awaitable, Callable
-from inspect import CO_COROUTINE as _CO_COROUTINE
-from types import FunctionType as _FUNCTION
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar
 
@@ -19,7 +17,7 @@ from .._errors import OptionError
 from .._options import CommonOptions, Scope, is_seconds
 from . import _lifecycle
 from ._backend import Backend
-from ._checks import check_async_callable
+from ._checks import check_async_callable, is_plain_async_def
 from ._job import Job
 from ._scopes import SCOPE_CLASSES
 
@@ -68,8 +66,7 @@ class Runner:
 
         .. versionadded:: 0.1
         """
-        # A plain async def passes the check without a call (this is every call's path).
-        if type(async_fn) is not _FUNCTION or not async_fn.__code__.co_flags & _CO_COROUTINE:
+        if not is_plain_async_def(async_fn):  # the common case, recognised cheaply
             check_async_callable(async_fn, "run")
         return self._scope.call(async_fn, *args, **kwargs)  # type: ignore[no-any-return]
 

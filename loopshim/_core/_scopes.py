@@ -133,9 +133,9 @@ class RunnerScope(abc.ABC):
             return job.outcome()
         return await self.call_async_from_elsewhere(caller, fn, args, kwargs)
 
+    @abc.abstractmethod
     def on_own_loop(self) -> bool:
         """Whether the calling code runs on one of this runner's loops."""
-        return bridge_owner() is self
 
     async def call_async_from_elsewhere(
         self, caller: Library, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any
@@ -208,32 +208,43 @@ class ProcessScope(RunnerScope):
                 self._thread = thread
             return thread
 
-    def _submit(self, job: Job[Any]) -> LoopThread:
+    def _submit(self, job: Job[Any], *, spawned: bool = False) -> LoopThread:
+        """Submit *job* to the loop thread (started or replaced if need be); a *spawned*
+        job is also one of the thread's background jobs."""
         thread = self._thread
         if thread is None or thread.shutting_down:
             thread = self._start()
         try:
-            thread.submit(job)
+            self._submit_to(thread, job, spawned)
         except RunnerClosed:
             if self.closed:
                 raise
             # The loop ended between our look and the submission: it died.
             thread = self._start(dead=thread)
-            thread.submit(job)
+            self._submit_to(thread, job, spawned)
         return thread
+
+    @staticmethod
+    def _submit_to(thread: LoopThread, job: Job[Any], spawned: bool) -> None:
+        if not spawned:
+            thread.submit(job)
+            return
+        thread.spawned.add(job)
+        try:
+            thread.submit(job)
+        except RunnerClosed:
+            thread.spawned.discard(job)
+            raise
 
     def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
         thread = self._thread
         library = running_library()
-        if library is not None:
-            if bridge_owner() is self:
-                return self.reenter(library, fn, args, kwargs)
-            if thread is not None and thread.in_loop_thread():
-                raise self.refuse_in_loop(library, own_loop=True)
-            # Another loop runs in this thread (a notebook, an async app): the call
-            # blocks it until done, like any blocking I/O.
-        elif thread is not None and thread.in_loop_thread():
-            raise own_loop_error(self.backend.library.name, self.backend.name)
+        if library is not None and bridge_owner() is self:
+            return self.reenter(library, fn, args, kwargs)
+        if thread is not None and thread.in_loop_thread():
+            raise own_loop_error((library or self.backend.library).name, self.backend.name)
+        # Another loop may run in this thread (a notebook, an async app): the call
+        # blocks it until done, like any blocking I/O.
         lock = threading.Lock()
         lock.acquire()
         job = new_job(fn, args, kwargs, self.options.timeout, lock, self.owner)
@@ -284,28 +295,14 @@ class ProcessScope(RunnerScope):
 
     def spawn(self, job: Job[Any]) -> Callable[[], None]:
         assert job.future is not None
-        thread = self._thread
-        if thread is None or thread.shutting_down:
-            thread = self._start()
-        thread.spawned.add(job)
-        try:
-            thread.submit(job)
-        except RunnerClosed:
-            thread.spawned.discard(job)
-            if self.closed:
-                raise
-            thread = self._start(dead=thread)
-            thread.spawned.add(job)
-            thread.submit(job)
-        spawned_on = thread
-        job.future.add_done_callback(lambda _: spawned_on.spawned.discard(job))
+        thread = self._submit(job, spawned=True)
+        job.future.add_done_callback(lambda _: thread.spawned.discard(job))
         return functools.partial(thread.cancel, job, CancelReason.CANCELLED)
 
     def check_close(self) -> None:
         if self.on_own_loop():
-            library = running_library()
-            name = library.name if library is not None else self.backend.library.name
-            raise close_in_loop_error(self.backend.name, name, own_loop=True)
+            library = running_library() or self.backend.library
+            raise close_in_loop_error(self.backend.name, library.name, own_loop=True)
         # From another loop's thread close() only waits for this runner's thread.
 
     def close(self, grace: float, *, final: bool = True) -> None:
@@ -454,13 +451,6 @@ class ThreadScope(RunnerScope):
         self._local = threading.local()
 
 
-class _Depth:
-    __slots__ = ("value",)
-
-    def __init__(self) -> None:
-        self.value = 0
-
-
 class CallScope(RunnerScope):
     scope_name = "call"
 
@@ -473,7 +463,7 @@ class CallScope(RunnerScope):
         if library is not None:
             if bridge_owner() is self:
                 return self.reenter(library, fn, args, kwargs)
-            raise self.refuse_in_loop(library, own_loop=self._depth.value > 0)
+            raise self.refuse_in_loop(library, own_loop=self.on_own_loop())
         if self.closed:
             raise self.closed_error()
         if _gevent.threading_patched():
@@ -482,24 +472,18 @@ class CallScope(RunnerScope):
         # The coroutine runs in the job's context; the loop itself, in an empty one, so
         # that nothing it leaves behind (trio's run keeps reference cycles until the
         # garbage collector runs) holds on to the caller's.
-        depth = self._depth
-        depth.value += 1
+        # Whether one of this runner's calls runs in this thread now: never two, as a
+        # call from inside one is re-entered or refused above.
+        local = self._local
+        local.active = True
         try:
             contextvars.Context().run(self.backend.run_fresh, job, self.options)
         finally:
-            depth.value -= 1
+            local.active = False
         return job.outcome()
 
-    @property
-    def _depth(self) -> _Depth:
-        """How many of this runner's calls run in this thread now (0 or 1)."""
-        depth: _Depth | None = getattr(self._local, "depth", None)
-        if depth is None:
-            depth = self._local.depth = _Depth()
-        return depth
-
     def on_own_loop(self) -> bool:
-        return self._depth.value > 0
+        return getattr(self._local, "active", False)
 
     def close(self, grace: float, *, final: bool = True) -> None:
         if final:

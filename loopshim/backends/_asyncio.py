@@ -43,7 +43,7 @@ from ._asyncio_direct import (
     start_eagerly,
 )
 from ._interrupts import InterruptGuard
-from ._libraries import ASYNCIO, abandon
+from ._libraries import ASYNCIO, abandon, is_abandoned
 
 __all__ = [
     "AsyncioBackend",
@@ -105,7 +105,7 @@ async def _execute_and_stop(job: Job[Any], driven: StoppingDrivenLoop) -> None:
     step scheduled, then stops (``run_until_complete`` stops one iteration later, from
     a done callback). Its task runs in ``job.context`` itself (3.11+), which is then
     the context the coroutine leaves."""
-    loop = driven.loop
+    loop = driven._loop
     timer = None
     if job.timeout is not None:
         timer = loop.call_later(job.timeout, _expire, job)
@@ -166,11 +166,7 @@ async def _cancel_the_rest(name: str) -> None:
     """Cancel the tasks still on the loop (libraries' own: a pool's workers, a reader)
     and give them :data:`CANCEL_GRACE` to unwind."""
     current = asyncio.current_task()
-    others = {
-        t
-        for t in asyncio.all_tasks()
-        if t is not current and getattr(t, "_log_destroy_pending", True)  # not abandoned
-    }
+    others = {t for t in asyncio.all_tasks() if t is not current and not is_abandoned(t)}
     for task in others:
         task.cancel()
     if not others:
@@ -356,22 +352,32 @@ class AsyncioDrivenLoop(DrivenLoop):
         try:
             loop.run_until_complete(task)
         except BaseException:
-            if loop.is_running():
-                # Interrupted while the loop set up or tore down its run (uvloop, by
-                # another signal's handler that raised): it stays "running" for good.
-                self._give_up()
-            elif not job.done and not (guard is not None and guard.abandon):
-                # Interrupted outside the coroutine (a signal handler raised while the
-                # loop was waiting): cancel the coroutine and let it unwind.
-                job.cancel_reason = CancelReason.INTERRUPTED
-                task.cancel()
-                # A task that ended by raising KeyboardInterrupt never stops the loop.
-                if not task.done():
-                    loop.run_until_complete(task)
+            self._interrupted(job, task, guard)
             raise
         finally:
             if guard is not None:
                 guard.disarm()
+
+    def _interrupted(
+        self, job: Job[Any], task: asyncio.Task[Any], guard: InterruptGuard | None
+    ) -> None:
+        """An exception came out of the loop's run, not from the call's coroutine (a
+        signal handler raised while the loop was waiting)."""
+        if self._loop.is_running():
+            # Interrupted while the loop set up or tore down its run (uvloop, by
+            # another signal's handler that raised): it stays "running" for good.
+            self._give_up()
+        elif not job.done and not (guard is not None and guard.abandon):
+            # Cancel the coroutine and let it unwind. (After Ctrl-C twice it stays on
+            # the loop, cancelled, and finishes during later calls.)
+            job.cancel_reason = CancelReason.INTERRUPTED
+            task.cancel()
+            self._run_until_done(task)
+
+    def _run_until_done(self, task: asyncio.Task[Any]) -> None:
+        # A task that ended by raising KeyboardInterrupt never stops the loop.
+        if not task.done():
+            self._loop.run_until_complete(task)
 
     def _give_up(self) -> None:
         """Abandon the loop, stuck in its run; close what it lets us close."""
@@ -411,7 +417,6 @@ class StoppingDrivenLoop(AsyncioDrivenLoop):
 
     def __init__(self, name: str, loop: asyncio.AbstractEventLoop, main_thread: bool) -> None:
         super().__init__(name, loop, main_thread)
-        self.loop: Any = loop
         #: The job being driven, whose task stops the loop when it ends (a call its
         #: caller stopped waiting for must not stop a later one).
         self.current: Job[Any] | None = None
@@ -421,7 +426,7 @@ class StoppingDrivenLoop(AsyncioDrivenLoop):
             super().run_job(job)  # under a guard
             return
         # run_guarded(job, None), without the frame: this is every call's path.
-        loop = self.loop
+        loop = self._loop
         self.current = job
         try:
             coro = _execute_and_stop(job, self)
@@ -440,7 +445,7 @@ class StoppingDrivenLoop(AsyncioDrivenLoop):
             self.current = None  # the loop must not keep the job, nor the caller's context
 
     def run_guarded(self, job: Job[Any], guard: InterruptGuard | None) -> None:
-        loop = self.loop
+        loop = self._loop
         self.current = job
         try:
             task = job.handle = _create_task(loop, _execute_and_stop(job, self), job.context)
@@ -462,21 +467,6 @@ class StoppingDrivenLoop(AsyncioDrivenLoop):
         finally:
             self.current = None
 
-    def _interrupted(
-        self, job: Job[Any], task: asyncio.Task[Any], guard: InterruptGuard | None
-    ) -> None:
-        """An exception came out of the loop's run, not from the call's coroutine."""
-        if self.loop.is_running():
-            # Interrupted while the loop set up or tore down its run (by another
-            # signal's handler that raised): it stays "running" for good.
-            self._give_up()
-        elif not job.done and not (guard is not None and guard.abandon):
-            # Cancel the coroutine and let it unwind. (After Ctrl-C twice it stays on
-            # the loop, cancelled: self.current no longer names it when it ends.)
-            job.cancel_reason = CancelReason.INTERRUPTED
-            task.cancel()
-            self._run_until_done(task)
-
     def _stopped_early(self, job: Job[Any], task: asyncio.Task[Any]) -> None:
         """``loop.stop()`` inside the call (or left over from an earlier one) ended the
         run first: cancel the coroutine, let it unwind, and fail, as
@@ -488,7 +478,7 @@ class StoppingDrivenLoop(AsyncioDrivenLoop):
 
     def _run_until_done(self, task: asyncio.Task[Any]) -> None:
         while not task.done():
-            self.loop.run_forever()  # until the task stops it
+            self._loop.run_forever()  # until the task stops it
 
 
 class DirectlyDrivenLoop(AsyncioDrivenLoop):

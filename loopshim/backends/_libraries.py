@@ -23,7 +23,7 @@ from .._core import (
     register_library,
 )
 
-__all__ = ["ASYNCIO", "TRIO", "AsyncioLibrary", "TrioLibrary", "abandon"]
+__all__ = ["ASYNCIO", "TRIO", "AsyncioLibrary", "TrioLibrary", "abandon", "is_abandoned"]
 
 
 class AsyncioLibrary(Library):
@@ -192,6 +192,11 @@ def abandon(tasks: Iterable[asyncio.Future[Any]]) -> None:
     them once)."""
     for task in tasks:
         task._log_destroy_pending = False  # type: ignore[attr-defined]
+
+
+def is_abandoned(task: asyncio.Future[Any]) -> bool:
+    """Whether :func:`abandon` gave up on *task*."""
+    return not getattr(task, "_log_destroy_pending", True)
 
 
 class TrioLibrary(Library):

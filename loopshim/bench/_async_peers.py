@@ -33,6 +33,7 @@ from typing import Any, Final
 from ._contenders import AsyncFn, Contender, Prepared
 from ._hosts import HOSTS, host_on, start_loop_thread, start_trio_thread
 from ._isolated import isolated
+from ._peers import takes_coroutine
 
 __all__ = [
     "ASYNC_PEERS",
@@ -69,13 +70,10 @@ def _greenback(library: str) -> Setup:
             await greenback.ensure_portal()
             return await fn()
 
-        def to_sync(fn: AsyncFn) -> Callable[..., Any]:
-            def call(*args: Any, **kwargs: Any) -> Any:
-                return greenback.await_(fn(*args, **kwargs))
-
-            return call
-
-        return Prepared(to_sync, on_loop=lambda fn: host(functools.partial(with_portal, fn)))
+        return Prepared(
+            takes_coroutine(greenback.await_),
+            on_loop=lambda fn: host(functools.partial(with_portal, fn)),
+        )
 
     return setup
 
@@ -89,16 +87,10 @@ def _nest_asyncio_here(stack: contextlib.ExitStack[Any]) -> Prepared:
     stack.callback(loop.close)
     nest_asyncio.apply(loop)
 
-    def to_sync(fn: AsyncFn) -> Callable[..., Any]:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return loop.run_until_complete(fn(*args, **kwargs))
-
-        return call
-
     def on_loop(fn: Callable[[], Awaitable[Any]]) -> Any:
         return loop.run_until_complete(fn())
 
-    return Prepared(to_sync, on_loop=on_loop)
+    return Prepared(takes_coroutine(loop.run_until_complete), on_loop=on_loop)
 
 
 #: The contenders a process of their own sets up (``_isolated``), by key.

@@ -7,19 +7,16 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from .. import _argtypes
 from .._info import importable, pip_install_line
 from ._internals import SCOPES, known_backends
-from ._json import to_json, write_json
-from ._measure import run_bench
-from ._plot import PLOT_FORMATS, write_plot
-from ._progress import TerminalProgress
 from ._results import BenchResult, BenchSettings
-from ._table import format_start, format_table
-from ._targets import Target, check_targets
 from ._workloads import WORKLOADS
+
+if TYPE_CHECKING:
+    from ._targets import Target
 
 __all__ = ["add_bench_command", "exit_status"]
 
@@ -54,6 +51,8 @@ def _check_output(parser: argparse.ArgumentParser, option: str, path: Path | Non
 def _check_plot(parser: argparse.ArgumentParser, path: Path | None) -> None:
     if path is None:
         return
+    from ._plot import PLOT_FORMATS
+
     if path.suffix.lower() not in PLOT_FORMATS:
         parser.error(
             f"--plot {path}: the file name must end in {', '.join(PLOT_FORMATS)} "
@@ -80,6 +79,14 @@ def _settings(args: argparse.Namespace) -> BenchSettings:
 
 
 def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    # Imported here: every loopshim command builds this parser, only bench runs.
+    from ._json import to_json, write_json
+    from ._measure import run_bench
+    from ._plot import write_plot
+    from ._progress import TerminalProgress
+    from ._table import format_start, format_table
+    from ._targets import check_targets
+
     _check_output(parser, "--json", args.json)
     _check_plot(parser, args.plot)
     settings = _settings(args)

@@ -18,7 +18,7 @@ from typing import Any, Final
 from ._contenders import AsyncFn, Contender, Prepared, ToSync
 from ._hosts import loop_per_thread, start_loop_thread, start_trio_thread
 
-__all__ = ["BASELINE", "PEERS"]
+__all__ = ["BASELINE", "PEERS", "takes_coroutine"]
 
 #: The contender every speed-up is relative to: Flask's default, asgiref's async_to_sync.
 BASELINE: Final = "flask-default"
@@ -63,7 +63,7 @@ def _runs_with(run: Callable[[Callable[[], Awaitable[Any]]], Any]) -> ToSync:
     return to_sync
 
 
-def _takes_coroutine(run: Callable[[Coroutine[Any, Any, Any]], Any]) -> ToSync:
+def takes_coroutine(run: Callable[[Coroutine[Any, Any, Any]], Any]) -> ToSync:
     """A to_sync for the ``asyncio.run(coro)`` family."""
 
     def to_sync(fn: AsyncFn) -> Callable[..., Any]:
@@ -101,7 +101,7 @@ def _loop_per_thread(library: str) -> Setup:
     def setup(stack: contextlib.ExitStack[Any]) -> Prepared:
         loop_of_thread = loop_per_thread(stack, library)
         return _replacing_async_to_sync(
-            _takes_coroutine(lambda coro: loop_of_thread().run_until_complete(coro))
+            takes_coroutine(lambda coro: loop_of_thread().run_until_complete(coro))
         )
 
     return setup
@@ -114,7 +114,7 @@ def _loop_thread(library: str) -> Setup:
     def setup(stack: contextlib.ExitStack[Any]) -> Prepared:
         loop = start_loop_thread(stack, library)
         return _replacing_async_to_sync(
-            _takes_coroutine(lambda coro: asyncio.run_coroutine_threadsafe(coro, loop).result())
+            takes_coroutine(lambda coro: asyncio.run_coroutine_threadsafe(coro, loop).result())
         )
 
     return setup
@@ -134,8 +134,8 @@ def _trio_thread(stack: contextlib.ExitStack[Any]) -> Prepared:
 #: The peers, in table order; the first is the baseline.
 PEERS: Final[tuple[Contender, ...]] = (
     Contender(BASELINE, "Flask's default (asgiref)", _flask_default, ("asgiref",)),
-    Contender("asyncio.run", "asyncio.run", _run_peer("asyncio", _takes_coroutine)),
-    Contender("uvloop.run", "uvloop.run", _run_peer("uvloop", _takes_coroutine), ("uvloop",)),
+    Contender("asyncio.run", "asyncio.run", _run_peer("asyncio", takes_coroutine)),
+    Contender("uvloop.run", "uvloop.run", _run_peer("uvloop", takes_coroutine), ("uvloop",)),
     Contender("trio.run", "trio.run", _run_peer("trio", _runs_with), ("trio",)),
     Contender("anyio.run", "anyio.run", _run_peer("anyio", _runs_with), ("anyio",)),
     Contender(
