@@ -63,6 +63,7 @@ from ._core import (
     Library,
     LoopRunner,
     LoopState,
+    background_job,
     bridge_available,
     bridge_owner,
     call_handling,
@@ -1085,9 +1086,7 @@ class ServerRunner:
         if loop is None:
             return self._fallback().spawn(async_fn, *args, **kwargs)
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        job: Job[T] = Job(
-            async_fn, args, kwargs, context=contextvars.Context(), future=future, owner=loop
-        )
+        job = background_job(async_fn, args, kwargs, future, loop)
         if start_from_thread:
             anyio.from_thread.run_sync(loop.start, job, token=loop.token)
         else:

@@ -287,6 +287,59 @@ def test_thread_scope_reaps_loops_of_finished_threads(
     assert _fds() == fds_before
 
 
+def _close_while_threads_call(runner: loopshim.LoopRunner, after: float, callers: int) -> int:
+    """Close *runner* *after* seconds of calls from *callers* threads, each calling
+    until it gets RunnerClosed; how many calls were made (any other error fails)."""
+    errors: list[BaseException] = []
+    calls = [0] * callers
+    started = threading.Barrier(callers + 1)
+
+    def caller(index: int) -> None:
+        started.wait(10)
+        while True:
+            try:
+                runner.run(anyio.sleep, 0)
+            except loopshim.RunnerClosed:
+                return
+            except BaseException as exc:
+                errors.append(exc)
+                return
+            calls[index] += 1
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(callers)]
+    for t in threads:
+        t.start()
+    started.wait(10)
+    time.sleep(after)
+    runner.close()
+    deadline = time.monotonic() + 20
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    assert errors == []
+    assert not any(t.is_alive() for t in threads)
+    return sum(calls)
+
+
+@pytest.mark.loopshim_scopes("thread")
+def test_close_racing_calls_in_many_threads_closes_every_loop_once(
+    loop_runner_factory: LoopRunnerFactory,
+) -> None:
+    # close() and the calls agree through the loops' busy and retired marks, not a
+    # lock: close at every moment of the calls, and each loop must be closed exactly
+    # once, never while a call drives it, and never left open.
+    with loop_runner_factory() as warm_up:
+        # libuv opens a pipe for the whole process with its first loop in a thread.
+        t = threading.Thread(target=warm_up.run, args=(anyio.sleep, 0))
+        t.start()
+        t.join()
+    fds_before = _fds()
+    calls = 0
+    for attempt in range(15):
+        calls += _close_while_threads_call(loop_runner_factory(), 0.002 * attempt, 6)
+        assert _fds() == fds_before, f"attempt {attempt}: a loop was left open"
+    assert calls > 0
+
+
 @pytest.mark.loopshim_scopes("process")
 def test_call_in_flight_when_closed_gets_runner_closed(
     loop_runner_factory: LoopRunnerFactory,
@@ -421,7 +474,8 @@ def test_cancelling_a_background_future_as_it_settles_never_breaks_the_loop() ->
         pass
 
     future: concurrent.futures.Future[None] = concurrent.futures.Future()
-    job: Job[None] = Job(nothing, (), {}, context=contextvars.Context(), future=future)
+    job: Job[None] = Job(nothing, (), {}, contextvars.Context())
+    job.future = future
     job.error = RuntimeError("failed")
 
     class CancelWhileLogging(logging.Handler):

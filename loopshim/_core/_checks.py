@@ -29,10 +29,14 @@ def is_async_callable(fn: object) -> bool:
     return is_instance and inspect.iscoroutinefunction(type(fn).__call__)
 
 
+_FunctionType = types.FunctionType
+_CO_COROUTINE = inspect.CO_COROUTINE
+
+
 def is_plain_async_def(fn: object) -> bool:
     """Whether *fn* is a plain ``async def`` function: the common case, recognised
     without inspect's general checks."""
-    return type(fn) is types.FunctionType and bool(fn.__code__.co_flags & inspect.CO_COROUTINE)
+    return type(fn) is _FunctionType and fn.__code__.co_flags & _CO_COROUTINE != 0
 
 
 def check_async_callable(fn: object, where: str) -> None:

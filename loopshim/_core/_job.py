@@ -23,6 +23,7 @@ __all__ = [
     "CopyBackLog",
     "Job",
     "add_note",
+    "background_job",
     "call_handling",
     "changed",
     "copied_back",
@@ -85,15 +86,15 @@ class Job(Generic[T_co]):
         fn: Callable[..., Awaitable[Any]],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        *,
         context: contextvars.Context,
         origin: contextvars.Context | None = None,
         handling: BaseException | None = None,
         timeout: float | None = None,
         lock: threading.Lock | None = None,
-        future: concurrent.futures.Future[Any] | None = None,
         owner: object = None,
     ) -> None:
+        # Positional parameters: a job is made on every call, and keyword arguments
+        # would double the cost of making one.
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
@@ -106,11 +107,11 @@ class Job(Generic[T_co]):
         self.timeout = timeout
         #: Released by the loop when the job is done (cross-thread calls only).
         self.lock = lock
-        #: Where a background task's outcome goes (background tasks only).
-        self.future = future
         #: Set: the coroutine runs in the greenlet bridge of this owner (a runner's
         #: scope), so that sync code it calls can call that runner again.
         self.owner = owner
+        #: Where a background task's outcome goes (background tasks only).
+        self.future: concurrent.futures.Future[Any] | None = None
         #: Called, on the loop, when the job is done (a waiter in another loop).
         self.notify: Callable[[], object] | None = None
         self.done = False
@@ -193,7 +194,12 @@ class Job(Generic[T_co]):
     def outcome(self) -> T_co:
         """In the caller: copy the context back, then return the result or raise."""
         final, origin = self.final_context, self.origin
-        if final is not None and origin is not None and changed(final, origin):
+        # changed(final, origin), without its frame: this is every call's path.
+        if (
+            final is not None
+            and origin is not None
+            and (len(final) != len(origin) or any(map(_is_not, final.values(), origin.values())))
+        ):
             copy_back(final)
         error = self.error
         if error is not None:
@@ -203,6 +209,21 @@ class Job(Generic[T_co]):
             finally:
                 del error
         return self.result  # type: ignore[no-any-return]
+
+
+def background_job(
+    fn: Callable[..., Awaitable[T]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    future: concurrent.futures.Future[T],
+    owner: object,
+) -> Job[T]:
+    """The job of a background task (``spawn``): it starts in an empty context, so that
+    it never holds on to the request that started it, and its outcome goes to
+    *future*."""
+    job: Job[T] = Job(fn, args, kwargs, contextvars.Context(), owner=owner)
+    job.future = future
+    return job
 
 
 async def _call_handling(job: Job[T]) -> T:

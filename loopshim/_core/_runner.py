@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import contextvars
 import functools
 import sys
 import threading
@@ -18,7 +17,7 @@ from .._options import CommonOptions, Scope, is_seconds
 from . import _lifecycle
 from ._backend import Backend
 from ._checks import check_async_callable, is_plain_async_def
-from ._job import Job
+from ._job import background_job
 from ._scopes import SCOPE_CLASSES
 
 if TYPE_CHECKING:
@@ -68,7 +67,7 @@ class Runner:
         """
         if not is_plain_async_def(async_fn):  # the common case, recognised cheaply
             check_async_callable(async_fn, "run")
-        return self._scope.call(async_fn, *args, **kwargs)  # type: ignore[no-any-return]
+        return self._scope.run(async_fn, args, kwargs)  # type: ignore[no-any-return]
 
     async def run_async(
         self, async_fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
@@ -100,11 +99,11 @@ class Runner:
         .. versionadded:: 0.1
         """
         check_async_callable(async_fn, "wrap")
-        call = self._scope.call
+        run = self._scope.run
 
         @functools.wraps(async_fn)
         def run_sync(*args: P.args, **kwargs: P.kwargs) -> T:
-            return call(async_fn, *args, **kwargs)  # type: ignore[no-any-return]
+            return run(async_fn, args, kwargs)  # type: ignore[no-any-return]
 
         # functools.wraps copies __dict__, and with it any "this is a coroutine
         # function" marker; the wrapper is synchronous and must not claim otherwise.
@@ -129,14 +128,7 @@ class Runner:
         """
         check_async_callable(async_fn, "spawn")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        job: Job[T] = Job(
-            async_fn,
-            args,
-            kwargs,
-            context=contextvars.Context(),
-            future=future,
-            owner=self._scope.owner,
-        )
+        job = background_job(async_fn, args, kwargs, future, self._scope.owner)
         cancel = self._scope.spawn(job)
 
         def on_done(fut: concurrent.futures.Future[T]) -> None:

@@ -64,17 +64,7 @@ def new_job(
     if type(fn) is Bridged:  # type: ignore[comparison-overlap]
         fn, owner = fn.fn, fn.owner
     origin = contextvars.copy_context()
-    return Job(
-        fn,
-        args,
-        kwargs,
-        context=origin.copy(),
-        origin=origin,
-        handling=handled_exception(),
-        timeout=timeout,
-        lock=lock,
-        owner=owner,
-    )
+    return Job(fn, args, kwargs, origin.copy(), origin, handled_exception(), timeout, lock, owner)
 
 
 class RunnerScope(abc.ABC):
@@ -94,13 +84,20 @@ class RunnerScope(abc.ABC):
         self.owner: RunnerScope | None = self if options.reentrant else None
 
     @abc.abstractmethod
+    def run(self, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` to completion from sync code; return its result.
+        (The arguments come packed: unpacking them into a ``*args, **kwargs`` signature
+        would cost every call a dictionary and a frame the interpreter cannot inline.)"""
+
     def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
-        """Run ``fn(*args, **kwargs)`` to completion from sync code; return its result."""
+        """:meth:`run`, for callers that hold the arguments spread out (a
+        :class:`~._sync_call.SyncCall` is a partial of this)."""
+        return self.run(fn, args, kwargs)
 
     def call_bridged(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
         """:meth:`call`, with the coroutine in the greenlet bridge whatever the
         ``reentrant`` option (Flask's calls, when the app lets them re-enter)."""
-        return self.call(Bridged(fn, self), *args, **kwargs)  # type: ignore[arg-type]
+        return self.run(Bridged(fn, self), args, kwargs)  # type: ignore[arg-type]
 
     def reenter(
         self, library: Library, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any
@@ -236,7 +233,7 @@ class ProcessScope(RunnerScope):
             thread.spawned.discard(job)
             raise
 
-    def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
+    def run(self, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any) -> Any:
         thread = self._thread
         library = running_library()
         if library is not None and bridge_owner() is self:
@@ -366,7 +363,7 @@ class ThreadScope(RunnerScope):
 
     def on_own_loop(self) -> bool:
         loop: DrivenLoop | None = getattr(self._local, "loop", None)
-        return loop is not None and loop.lock.locked()
+        return loop is not None and loop.busy
 
     def _thread_ended(self, loop: DrivenLoop) -> None:
         self._ended.append(loop)
@@ -381,7 +378,7 @@ class ThreadScope(RunnerScope):
                 ended.append(loop)
         return ended
 
-    def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
+    def run(self, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any) -> Any:
         library = running_library()
         if library is not None:
             if bridge_owner() is self:
@@ -391,15 +388,21 @@ class ThreadScope(RunnerScope):
         if loop is None or loop.closed:
             loop = self._open()
         job = new_job(fn, args, kwargs, self.options.timeout, None, self.owner)
-        with loop.lock:
-            if loop.closed:
+        # No lock here (taking one would cost every call more than all the rest of
+        # this method): close() marks the loop retired, then looks whether it is busy;
+        # this thread marks it busy, then looks whether it is retired. Whichever looks
+        # second sees the other's mark, so a loop is never closed while a call drives
+        # it, nor left open by both; _close_loop lets only one of them close it.
+        try:
+            loop.busy = True
+            if loop.retired or loop.closed:
                 raise self.closed_error()
-            try:
-                loop.run_job(job)
-            finally:
-                if loop.broken or loop.retired or self.closed:
-                    self._forget(loop)
-                    self._close_loop(loop)
+            loop.run_job(job)
+        finally:
+            loop.busy = False
+            if loop.broken or loop.retired or self.closed:
+                self._forget(loop)
+                self._close_loop(loop)
         return job.outcome()
 
     def _forget(self, loop: DrivenLoop) -> None:
@@ -410,8 +413,8 @@ class ThreadScope(RunnerScope):
 
     @staticmethod
     def _close_loop(loop: DrivenLoop) -> None:
-        if loop.closed:
-            return
+        if not loop.lock.acquire(blocking=False):
+            return  # closed, or being closed, by another thread
         loop.closed = True
         if loop.broken:
             return
@@ -434,14 +437,11 @@ class ThreadScope(RunnerScope):
                 self._local = threading.local()
         del retired_local  # its threads' marks go: their loops are in hand already
         for loop in loops:
-            # A loop busy in its own thread is closed by that thread when its call ends.
-            if loop.lock.acquire(blocking=False):
-                try:
-                    self._close_loop(loop)
-                finally:
-                    loop.lock.release()
-            else:
-                loop.retired = True
+            # A loop busy in its own thread is closed by that thread when its call
+            # ends (see run() for why this order needs no lock).
+            loop.retired = True
+            if not loop.busy:
+                self._close_loop(loop)
 
     def after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
@@ -458,7 +458,7 @@ class CallScope(RunnerScope):
         super().__init__(backend, options)
         self._local = threading.local()
 
-    def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
+    def run(self, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any) -> Any:
         library = running_library()
         if library is not None:
             if bridge_owner() is self:

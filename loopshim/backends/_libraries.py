@@ -34,6 +34,9 @@ class AsyncioLibrary(Library):
     def running(self) -> bool:
         return _get_running_loop() is not None
 
+    def running_check(self) -> Callable[[], object]:
+        return _get_running_loop
+
     def current_loop_key(self) -> object | None:
         return _get_running_loop()
 
