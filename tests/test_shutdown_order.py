@@ -10,6 +10,7 @@ drained, before anything left is cancelled — and ``close()`` must not wait out
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -229,3 +230,50 @@ def test_an_async_generator_left_suspended_is_closed_with_its_loop(
         assert closed == []
         runner.close()
     assert closed == ["closed"]
+
+
+@pytest.mark.parametrize("loop_backend", BACKENDS)
+def test_an_async_generator_that_will_not_close_is_abandoned_in_bounded_time(
+    loop_runner_factory: LoopRunnerFactory,
+    loop_scope: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Closing the async generators is bounded: one whose finally ignores cancellation
+    # is given up on, with a warning, and the loop still closes.
+    from loopshim.backends import _asyncio, _libraries
+
+    grace = 0.2
+    monkeypatch.setattr(_asyncio, "CANCEL_GRACE", grace)
+    monkeypatch.setattr(_libraries, "CANCEL_GRACE", grace)
+    kept: list[Any] = []
+    unwinding: list[bool] = []
+
+    async def stubborn() -> Any:
+        try:
+            yield 1
+        finally:
+            unwinding.append(True)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(0.01)
+
+    async def start_one() -> int:
+        generator = stubborn()
+        kept.append(generator)
+        return await generator.__anext__()
+
+    runner = loop_runner_factory()
+    with caplog.at_level(logging.WARNING, logger="loopshim"):
+        elapsed, result, error = attempt(runner.run, start_one)
+        assert (result, error) == (1, None)
+        if loop_scope != "call":
+            elapsed, _, error = attempt(runner.close)
+            assert error is None
+        else:
+            runner.close()
+    assert unwinding == [True]
+    assert elapsed < 10 * grace + QUICK
+    assert "closing the async generators of the" in caplog.text
+    assert "timed out" in caplog.text

@@ -13,7 +13,8 @@ import inspect
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine
+import types
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any, ClassVar
 
 from .._core import (
@@ -39,7 +40,6 @@ from ._asyncio_direct import (
     Driver,
     LoopStopped,
     can_drive,
-    has_no_async_generators,
     start_eagerly,
 )
 from ._interrupts import InterruptGuard
@@ -190,16 +190,49 @@ async def _finalize(name: str, state: LoopState, grace: float, jobs: JobSet | No
     loop = asyncio.get_running_loop()
     stuck = await close_own_work(ASYNCIO, name, state, jobs, grace)
     abandon(job.handle for job in stuck if job.handle is not None)
-    # Most loops have none: closing none would cost a task and a loop iteration.
-    closing = not has_no_async_generators(loop)
-    if closing and not await ASYNCIO.within(CANCEL_GRACE, loop.shutdown_asyncgens):
-        logger.warning("closing the async generators of the %s loop timed out", name)
+    await _close_async_generators(loop, name)
     await _cancel_the_rest(name)
     # Bounded: a worker thread stuck in blocking code must not hang close() (or a
     # call-scope call, whose TimeoutError waits for its loop to close).
     executor = _own_executors.pop(id(loop), None)
     if executor is not None:
         executor.shut_down_within(CANCEL_GRACE)
+
+
+async def _close_async_generators(loop: asyncio.AbstractEventLoop, name: str) -> None:
+    """``loop.shutdown_asyncgens()``, bounded by :data:`CANCEL_GRACE`. Its first step
+    runs right here: with no async generator to close (most loops), asyncio's and
+    uvloop's return at once, and the bound would cost a task and a loop iteration for
+    nothing. Only what is left of it, if anything, runs in a task of its own."""
+    shutdown = loop.shutdown_asyncgens()
+    try:
+        awaiting = shutdown.send(None)
+    except StopIteration:
+        return
+    if not await ASYNCIO.within(CANCEL_GRACE, lambda: _resume(shutdown, awaiting)):
+        logger.warning("closing the async generators of the %s loop timed out", name)
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, Any], awaiting: Any) -> Generator[Any, Any, Any]:
+    """Go on awaiting *coro*, which has run up to its first suspension, waiting for
+    *awaiting*: whatever task awaits this now drives it."""
+    while True:
+        try:
+            sent = yield awaiting
+        except GeneratorExit:  # abandoned, and now collected: so is *coro*
+            coro.close()
+            raise
+        except BaseException as exc:
+            try:
+                awaiting = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                awaiting = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
 
 
 #: Marks the threads of loopshim's executors: ``pool`` is the executor a thread serves.
@@ -403,10 +436,16 @@ class AsyncioDrivenLoop(DrivenLoop):
         if self.broken:
             return
         try:
-            self._loop.run_until_complete(_finalize(self._name, self._state, 0))
+            task = self._loop.create_task(self._finalizing())
+            self._run_until_done(task)
+            task.result()
         finally:
             self._state.detach()
             self._loop.close()
+
+    def _finalizing(self) -> Coroutine[Any, Any, None]:
+        """What the loop runs to finalize itself (see :func:`_finalize`)."""
+        return _finalize(self._name, self._state, 0)
 
 
 class StoppingDrivenLoop(AsyncioDrivenLoop):
@@ -479,6 +518,12 @@ class StoppingDrivenLoop(AsyncioDrivenLoop):
     def _run_until_done(self, task: asyncio.Task[Any]) -> None:
         while not task.done():
             self._loop.run_forever()  # until the task stops it
+
+    async def _finalizing(self) -> None:
+        try:
+            await super()._finalizing()
+        finally:
+            self._loop.stop()
 
 
 class DirectlyDrivenLoop(AsyncioDrivenLoop):

@@ -19,7 +19,7 @@ from asyncio import events
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-__all__ = ["Driver", "LoopStopped", "can_drive", "has_no_async_generators", "start_eagerly"]
+__all__ = ["Driver", "LoopStopped", "can_drive", "start_eagerly"]
 
 
 def can_drive(loop: asyncio.AbstractEventLoop) -> bool:
@@ -34,15 +34,6 @@ def can_drive(loop: asyncio.AbstractEventLoop) -> bool:
         )
         and isinstance(getattr(loop, "_ready", None), collections.deque)
     )
-
-
-def has_no_async_generators(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether *loop* surely has no async generator left to close: asyncio's own loop
-    keeps them in ``_asyncgens``; for another loop (uvloop) the answer is False."""
-    if not isinstance(loop, asyncio.BaseEventLoop):
-        return False
-    generators = getattr(loop, "_asyncgens", None)
-    return generators is not None and len(generators) == 0
 
 
 class LoopStopped(RuntimeError):
