@@ -82,13 +82,17 @@ def _make_worker_class(greenlet: Any) -> type:
 
 
 def _take_worker(owner: object) -> Any:
-    free: list[Any] | None = getattr(_pool, "free", None)
-    if free is None:
-        free = _pool.free = []
-    worker = free.pop() if free else _Worker()
+    try:
+        worker = _pool.free.pop()
+    except IndexError:
+        worker = _Worker()
+    except AttributeError:  # this thread's first
+        _pool.free = []
+        worker = _Worker()
     worker.owner = owner
     current = _greenlet.getcurrent()
-    worker.parent = current
+    if worker.parent is not current:  # setting it checks for cycles: skip it if we can
+        worker.parent = current
     # The step runs in the task's own context (the same object, not a copy), so what
     # it sets is the task's.
     worker.gr_context = current.gr_context
@@ -114,7 +118,8 @@ def bridge_owner() -> object:
 def bridged(coro: Coroutine[Any, Any, T], owner: object) -> Generator[Any, Any, T]:
     """Await *coro*, each of its steps running in a bridge greenlet owned by *owner*, so
     that sync code it calls can :func:`hand_over` awaitables to this task."""
-    _load()
+    if _Worker is None:
+        _load()
     throw, value = False, None
     try:
         while True:
