@@ -335,3 +335,31 @@ def test_bad_arguments() -> None:
         loopshim.loop_local(42)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="aclose"):
         loopshim.loop_local(Client, aclose="close")  # type: ignore[arg-type]
+
+
+@pytest.mark.loopshim_scopes("thread", "call")
+def test_an_aclose_may_call_its_runner_while_the_loop_closes(
+    loop_runner_factory: LoopRunnerFactory,
+) -> None:
+    # While a runner closes one of its loops, code running on that loop (an aclose) is
+    # on the runner's own loop: run_async awaits in place there.
+    runner = loop_runner_factory()
+    outcomes: list[object] = []
+
+    async def helper() -> str:
+        return "helped"
+
+    async def aclose(value: object) -> None:
+        try:
+            outcomes.append(await runner.run_async(helper))
+        except Exception as exc:
+            outcomes.append(exc)
+
+    thing = loopshim.loop_local(object, aclose=aclose)
+
+    async def use() -> bool:
+        return thing.get() is thing.get()
+
+    assert runner.run(use) is True
+    runner.close()
+    assert outcomes == ["helped"]

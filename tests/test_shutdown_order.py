@@ -277,3 +277,58 @@ def test_an_async_generator_that_will_not_close_is_abandoned_in_bounded_time(
     assert elapsed < 10 * grace + QUICK
     assert "closing the async generators of the" in caplog.text
     assert "timed out" in caplog.text
+
+
+class _AwaitableShutdownLoop(asyncio.SelectorEventLoop):
+    """A loop (``loop_factory``) whose ``shutdown_asyncgens`` returns a future, not a
+    coroutine."""
+
+    def shutdown_asyncgens(self) -> Any:  # type: ignore[override]
+        return asyncio.ensure_future(super().shutdown_asyncgens(), loop=self)
+
+
+class _FailingShutdownLoop(asyncio.SelectorEventLoop):
+    """A loop whose ``shutdown_asyncgens`` fails, at once or after a step."""
+
+    async def shutdown_asyncgens(self) -> None:
+        await asyncio.sleep(0)
+        raise RuntimeError("shutdown_asyncgens failed")
+
+
+@pytest.mark.parametrize("loop_factory", [_AwaitableShutdownLoop, _FailingShutdownLoop])
+def test_closing_async_generators_is_contained_whatever_the_loop_does(
+    loop_factory: type[asyncio.AbstractEventLoop],
+    loop_scope: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Any awaitable will do, and a failure is logged: the call that succeeded still
+    # returns, and the loop still closes (its tasks cancelled, its executor stopped).
+    runner = loopshim.get_runner(
+        "asyncio", scope=loop_scope, cached=False, loop_factory=loop_factory
+    )
+    kept: list[Any] = []
+    cancelled: list[bool] = []
+
+    async def numbers() -> Any:
+        yield 1
+
+    async def leftover() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    async def start() -> int:
+        generator = numbers()
+        kept.append(generator)  # the loop holds one: shutdown_asyncgens runs
+        kept.append(asyncio.get_running_loop().create_task(leftover()))
+        await asyncio.sleep(0)
+        return await generator.__anext__()
+
+    with caplog.at_level(logging.ERROR, logger="loopshim"):
+        assert runner.run(start) == 1
+        runner.close()
+    assert cancelled == [True]
+    failing = loop_factory is _FailingShutdownLoop
+    assert ("closing the async generators of the asyncio loop failed" in caplog.text) is failing

@@ -340,6 +340,41 @@ def test_close_racing_calls_in_many_threads_closes_every_loop_once(
     assert calls > 0
 
 
+@pytest.mark.loopshim_scopes("thread")
+def test_a_call_made_before_this_threads_call_starts_its_loop_is_refused(
+    loop_runner_factory: LoopRunnerFactory,
+) -> None:
+    # A finalizer or a signal handler can run between the moment a call marks its loop
+    # busy and the moment the loop runs. A call made there must be refused: run on the
+    # same loop, its end would clear the busy mark of the call still to come, which
+    # close() would then take for idle.
+    runner = loop_runner_factory()
+
+    async def nothing() -> str:
+        return "done"
+
+    assert runner.run(nothing) == "done"
+    loop = runner._scope._local.loop  # type: ignore[attr-defined]
+    drive = loop.run_job
+    nested: list[BaseException] = []
+
+    def run_job(job: Any) -> None:
+        del loop.run_job  # once
+        try:
+            runner.run(nothing)
+        except BaseException as exc:
+            nested.append(exc)
+        drive(job)
+
+    loop.run_job = run_job
+    assert runner.run(nothing) == "done"
+    assert len(nested) == 1
+    assert isinstance(nested[0], loopshim.ReentrantCallError)
+    assert loop.busy is False
+    runner.close()
+    assert loop.closed
+
+
 @pytest.mark.loopshim_scopes("process")
 def test_call_in_flight_when_closed_gets_runner_closed(
     loop_runner_factory: LoopRunnerFactory,
@@ -474,8 +509,7 @@ def test_cancelling_a_background_future_as_it_settles_never_breaks_the_loop() ->
         pass
 
     future: concurrent.futures.Future[None] = concurrent.futures.Future()
-    job: Job[None] = Job(nothing, (), {}, contextvars.Context())
-    job.future = future
+    job: Job[None] = Job(nothing, (), {}, context=contextvars.Context(), future=future)
     job.error = RuntimeError("failed")
 
     class CancelWhileLogging(logging.Handler):

@@ -92,6 +92,7 @@ class Job(Generic[T_co]):
         timeout: float | None = None,
         lock: threading.Lock | None = None,
         owner: object = None,
+        future: concurrent.futures.Future[Any] | None = None,
     ) -> None:
         # Positional parameters: a job is made on every call, and keyword arguments
         # would double the cost of making one.
@@ -111,7 +112,7 @@ class Job(Generic[T_co]):
         #: scope), so that sync code it calls can call that runner again.
         self.owner = owner
         #: Where a background task's outcome goes (background tasks only).
-        self.future: concurrent.futures.Future[Any] | None = None
+        self.future = future
         #: Called, on the loop, when the job is done (a waiter in another loop).
         self.notify: Callable[[], object] | None = None
         self.done = False
@@ -221,9 +222,7 @@ def background_job(
     """The job of a background task (``spawn``): it starts in an empty context, so that
     it never holds on to the request that started it, and its outcome goes to
     *future*."""
-    job: Job[T] = Job(fn, args, kwargs, contextvars.Context(), owner=owner)
-    job.future = future
-    return job
+    return Job(fn, args, kwargs, contextvars.Context(), owner=owner, future=future)
 
 
 async def _call_handling(job: Job[T]) -> T:

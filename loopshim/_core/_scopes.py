@@ -339,6 +339,9 @@ class ThreadScope(RunnerScope):
         #: opens a loop, or by close(). Appended to without the lock, by the ending
         #: thread's clean-up, which may run anywhere.
         self._ended: collections.deque[DrivenLoop] = collections.deque()
+        #: ``closing``: the loop this thread is closing now, if any (code that runs on
+        #: it meanwhile, a ``loop_local`` value's ``aclose``, is on this runner's loop).
+        self._closer = threading.local()
 
     def _open(self) -> DrivenLoop:
         if _gevent.threading_patched():
@@ -363,7 +366,9 @@ class ThreadScope(RunnerScope):
 
     def on_own_loop(self) -> bool:
         loop: DrivenLoop | None = getattr(self._local, "loop", None)
-        return loop is not None and loop.busy
+        if loop is not None and loop.busy:
+            return True
+        return getattr(self._closer, "closing", None) is not None
 
     def _thread_ended(self, loop: DrivenLoop) -> None:
         self._ended.append(loop)
@@ -387,6 +392,10 @@ class ThreadScope(RunnerScope):
         loop: DrivenLoop | None = getattr(self._local, "loop", None)
         if loop is None or loop.closed:
             loop = self._open()
+        if loop.busy:
+            # Called while this thread's call has not started its loop yet: by a
+            # finalizer or a signal handler that ran in between.
+            raise own_loop_error(self.backend.library.name, self.backend.name)
         job = new_job(fn, args, kwargs, self.options.timeout, None, self.owner)
         # No lock here (taking one would cost every call more than all the rest of
         # this method): close() marks the loop retired, then looks whether it is busy;
@@ -401,8 +410,8 @@ class ThreadScope(RunnerScope):
         finally:
             loop.busy = False
             if loop.broken or loop.retired or self.closed:
-                self._forget(loop)
                 self._close_loop(loop)
+                self._forget(loop)
         return job.outcome()
 
     def _forget(self, loop: DrivenLoop) -> None:
@@ -411,13 +420,14 @@ class ThreadScope(RunnerScope):
         if getattr(self._local, "loop", None) is loop:
             self._local.loop = None
 
-    @staticmethod
-    def _close_loop(loop: DrivenLoop) -> None:
+    def _close_loop(self, loop: DrivenLoop) -> None:
         if not loop.lock.acquire(blocking=False):
             return  # closed, or being closed, by another thread
         loop.closed = True
         if loop.broken:
             return
+        closer = self._closer
+        outer, closer.closing = getattr(closer, "closing", None), loop
         try:
             loop.close()
         except (KeyboardInterrupt, SystemExit):
@@ -425,6 +435,8 @@ class ThreadScope(RunnerScope):
         except BaseException:
             # Never into the caller: this may run inside another thread's call.
             logger.exception("closing a thread-scope loop failed")
+        finally:
+            closer.closing = outer
 
     def close(self, grace: float, *, final: bool = True) -> None:
         with self._lock:
@@ -449,6 +461,7 @@ class ThreadScope(RunnerScope):
         self._loops = set()
         self._ended = collections.deque()
         self._local = threading.local()
+        self._closer = threading.local()
 
 
 class CallScope(RunnerScope):

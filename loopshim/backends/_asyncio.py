@@ -200,37 +200,56 @@ async def _finalize(name: str, state: LoopState, grace: float, jobs: JobSet | No
 
 
 async def _close_async_generators(loop: asyncio.AbstractEventLoop, name: str) -> None:
-    """``loop.shutdown_asyncgens()``, bounded by :data:`CANCEL_GRACE`. Its first step
-    runs right here: with no async generator to close (most loops), asyncio's and
-    uvloop's return at once, and the bound would cost a task and a loop iteration for
-    nothing. Only what is left of it, if anything, runs in a task of its own."""
-    shutdown = loop.shutdown_asyncgens()
-    try:
-        awaiting = shutdown.send(None)
-    except StopIteration:
+    """``loop.shutdown_asyncgens()``, bounded by :data:`CANCEL_GRACE`; what goes wrong is
+    logged, never raised (the loop's close goes on).
+
+    Not called at all when asyncio's own loop says it holds no async generator: once it
+    has run, a generator first iterated while the remaining tasks unwind gets a
+    ``ResourceWarning``. Otherwise its first step runs right here: with none to close,
+    uvloop's (which cannot say whether it holds any) returns at once, where the bound
+    would cost a task and a loop iteration. Only what is left, if anything, runs in a
+    task of its own."""
+    if _holds_no_async_generators(loop):
         return
-    if not await ASYNCIO.within(CANCEL_GRACE, lambda: _resume(shutdown, awaiting)):
-        logger.warning("closing the async generators of the %s loop timed out", name)
+    try:
+        steps = loop.shutdown_asyncgens().__await__()
+        try:
+            awaiting = steps.send(None)
+        except StopIteration:
+            return
+        if not await ASYNCIO.within(CANCEL_GRACE, lambda: _resume(steps, awaiting)):
+            logger.warning("closing the async generators of the %s loop timed out", name)
+    except Exception:
+        logger.exception("closing the async generators of the %s loop failed", name)
+
+
+def _holds_no_async_generators(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether *loop* surely holds no async generator: asyncio's own loop keeps them in
+    ``_asyncgens``; for any other loop the answer is False."""
+    if not isinstance(loop, asyncio.BaseEventLoop):
+        return False
+    generators = getattr(loop, "_asyncgens", None)
+    return generators is not None and len(generators) == 0
 
 
 @types.coroutine
-def _resume(coro: Coroutine[Any, Any, Any], awaiting: Any) -> Generator[Any, Any, Any]:
-    """Go on awaiting *coro*, which has run up to its first suspension, waiting for
-    *awaiting*: whatever task awaits this now drives it."""
+def _resume(steps: Generator[Any, Any, Any], awaiting: Any) -> Generator[Any, Any, Any]:
+    """Go on with an awaitable's *steps*, stopped at their first suspension, waiting
+    for *awaiting*: whatever task awaits this now drives them."""
     while True:
         try:
             sent = yield awaiting
-        except GeneratorExit:  # abandoned, and now collected: so is *coro*
-            coro.close()
+        except GeneratorExit:  # abandoned, and now collected: so are the steps
+            steps.close()
             raise
         except BaseException as exc:
             try:
-                awaiting = coro.throw(exc)
+                awaiting = steps.throw(exc)
             except StopIteration as stop:
                 return stop.value
         else:
             try:
-                awaiting = coro.send(sent)
+                awaiting = steps.send(sent)
             except StopIteration as stop:
                 return stop.value
 
