@@ -60,6 +60,9 @@ class LoopState:
         ``aclose`` is logged with its traceback and does not stop the others;
         ``KeyboardInterrupt`` and ``SystemExit`` are re-raised once the rest is closed.
         """
+        if not self._values:  # most loops
+            self.detach()
+            return
         deadline = time.monotonic() + _backend.CLEANUP_GRACE
         interrupt: BaseException | None = None
         try:

@@ -189,7 +189,8 @@ async def _finalize(name: str, state: LoopState, grace: float, jobs: JobSet | No
     whatever is left is cancelled; the default executor stops."""
     loop = asyncio.get_running_loop()
     stuck = await close_own_work(ASYNCIO, name, state, jobs, grace)
-    abandon(job.handle for job in stuck if job.handle is not None)
+    if stuck:
+        abandon(job.handle for job in stuck if job.handle is not None)
     await _close_async_generators(loop, name)
     await _cancel_the_rest(name)
     # Bounded: a worker thread stuck in blocking code must not hang close() (or a
@@ -311,6 +312,8 @@ class _LoopExecutor(concurrent.futures.ThreadPoolExecutor):
             self._max_workers -= 1
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if self._stage == "closed":  # shut down without a pool (asked again at loop.close())
+            return
         with self._setup_lock:
             if self._stage == "idle":
                 self._stage = "closed"
