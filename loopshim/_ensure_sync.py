@@ -69,16 +69,21 @@ class _RequestEnd:
 
 def _end(log: CopyBackLog) -> None:
     """Reset what was copied back during the request, newest first, and the log."""
-    for token in reversed(log.tokens):
-        # A token made in another context (a coroutine's nested call) or reset already
-        # (the app reset its own variable) needs nothing from us.
-        with contextlib.suppress(ValueError, RuntimeError):
-            token.var.reset(token)
-    log.tokens.clear()
+    tokens = log.tokens
+    if tokens:  # most requests copy nothing back
+        for token in reversed(tokens):
+            # A token made in another context (a coroutine's nested call) or reset
+            # already (the app reset its own variable) needs nothing from us.
+            with contextlib.suppress(ValueError, RuntimeError):
+                token.var.reset(token)
+        tokens.clear()
     own, log.own = log.own, None
     if own is not None:
-        with contextlib.suppress(ValueError, RuntimeError):
+        # Every request's path: no suppress() object to make here.
+        try:  # noqa: SIM105
             copied_back.reset(own)
+        except (ValueError, RuntimeError):
+            pass  # a context other than the request's (see above)
 
 
 def isolate_requests(wsgi_app: WSGIApp) -> WSGIApp:
