@@ -928,12 +928,15 @@ class _Served:
                     )
                 )
             if chunks is not None and not request.disconnected:
-                # One yield to the loop before the response goes out. Without it, a
-                # request served in one step of its task (a view that never waits) had
-                # its response written in that same step, and under uvloop some
-                # connections were then served late: p99 2.5-5x Quart's on uvicorn, the
-                # same median. Why uvloop does that is not known; the yield costs no
-                # measurable CPU per request (benchmarks/asgi.py, trivial).
+                # One yield to the loop before the response goes out, so that a request
+                # whose view never waits takes two loop iterations, not one. uvloop
+                # (libuv) accepts one new connection per loop iteration, and an iteration
+                # runs a step of every busy request: in one step, each iteration ran the
+                # whole work of every busy request, and 100 connections opened at once
+                # under load were accepted over ~800 ms instead of ~340 ms (Quart: ~330);
+                # their first requests waited that long, which wrk's latency correction
+                # counts many times over (p99 2.5-5x Quart's, the same median). The yield
+                # costs no measurable CPU per request (benchmarks/asgi.py, trivial).
                 await anyio.lowlevel.checkpoint()
                 await request.send_response(chunks)
         except ClientDisconnected:

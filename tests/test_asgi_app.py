@@ -182,3 +182,57 @@ def test_an_app_is_freed_with_its_asgi_application() -> None:
     del app, asgi_app
     gc.collect()
     assert ref() is None
+
+
+def test_a_response_goes_out_a_loop_iteration_after_the_views_work() -> None:
+    # uvloop accepts one new connection per loop iteration: a request whose Flask work and
+    # response ran in one step made every iteration run the whole work of every busy
+    # request, and clients connecting meanwhile waited to be accepted (wrk's p99).
+    app = flask.Flask(__name__)
+    events: list[str] = []
+
+    @app.get("/")
+    async def view() -> str:
+        events.append("view")
+        return "ok"
+
+    asgi_app = to_asgi(app)
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"test")],
+        "server": ("test", 80),
+        "client": ("127.0.0.1", 5000),
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        events.append(message["type"])
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(asgi_app(scope, receive, send))
+
+        def step_ends() -> None:  # scheduled after each step of the task
+            events.append("|")
+            if not task.done():
+                loop.call_soon(step_ends)
+
+        loop.call_soon(step_ends)
+        await task
+
+    asyncio.run(main())
+    steps = " ".join(events).split("|")
+    viewed = next(i for i, step in enumerate(steps) if "view" in step)
+    started = next(i for i, step in enumerate(steps) if "http.response.start" in step)
+    assert started > viewed, events
+    assert "http.response.body" in steps[started]
