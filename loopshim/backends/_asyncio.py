@@ -36,12 +36,7 @@ from .._core import (
 from .._errors import RunnerClosed
 from .._options import CommonOptions, Validator, callable_or_none
 from . import _interrupts
-from ._asyncio_direct import (
-    Driver,
-    LoopStopped,
-    can_drive,
-    start_eagerly,
-)
+from ._asyncio_direct import Driver, LoopStopped, can_drive, start_eagerly
 from ._interrupts import InterruptGuard
 from ._libraries import ASYNCIO, abandon, is_abandoned
 
