@@ -4,6 +4,7 @@ each; every response must be a 200."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -40,4 +41,25 @@ def test_asgi_benchmark_smoke_run(tmp_path: Path) -> None:
     for result in results:
         assert result["errors"] == 0, result
         assert all(rps > 0 for rps in result["rps"]), result
+        assert result["handshakes_dropped"] == 0, result
     assert "vs peer" in done.stdout
+
+
+def test_every_server_queues_more_connections_than_a_workload_opens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A listen backlog below a workload's connections makes the kernel drop handshakes
+    when wrk opens them all at once; those clients retry a second later, and that second
+    becomes the run's p99 (hypercorn's default backlog is 100)."""
+    monkeypatch.syspath_prepend(str(BENCH.parent))
+    spec = importlib.util.spec_from_file_location("loopshim_asgi_bench", BENCH)
+    assert spec is not None
+    assert spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look it up
+    spec.loader.exec_module(bench)
+    most = max(w.connections for w in bench.WORKLOADS.values())
+    for variant in bench.variants():
+        argv = list(variant.argv)
+        assert "--backlog" in argv, variant.key
+        assert int(argv[argv.index("--backlog") + 1]) > most, variant.key
