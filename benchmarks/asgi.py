@@ -99,16 +99,9 @@ def variants() -> list[Variant]:
     uvicorn += ("--loop", "uvloop")
     hypercorn: tuple[str, ...] = (py, "-m", "hypercorn", "--bind", "127.0.0.1:{port}")
     hypercorn += ("--backlog", BACKLOG, "--worker-class", "uvloop")
-    gunicorn: tuple[str, ...] = (
-        py,
-        "-m",
-        "gunicorn",
-        "--bind",
-        "127.0.0.1:{port}",
-        "--workers",
-        "1",
-    )
-    gunicorn += ("--backlog", BACKLOG, "--log-level", "warning", "--chdir", str(HERE))
+    gunicorn: tuple[str, ...] = (py, "-m", "gunicorn", "--bind", "127.0.0.1:{port}")
+    gunicorn += ("--workers", "1", "--backlog", BACKLOG, "--log-level", "warning")
+    gunicorn += ("--chdir", str(HERE))
     gthread = (*gunicorn, "--worker-class", "gthread", "--threads", "{threads}")
     gevent = (*gunicorn, "--worker-class", "gevent", "--worker-connections", "1000")
     return [
@@ -415,7 +408,6 @@ def report(found: list[Variant], results: dict[tuple[str, str], Result], args: A
             f"the kernel dropped {overflows} connection handshakes (full accept queues): "
             "those clients' first requests waited a second or more, which inflates p99"
         )
-    return "\n".join(lines)
     return "\n".join(lines)
 
 
